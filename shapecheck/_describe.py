@@ -1,0 +1,127 @@
+"""Short descriptions of modules and calls: ``Conv2d(3→16, k=3, p=1)``, ``view(-1, 512)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["describe_arguments", "describe_module"]
+
+
+def _single(value: object) -> object:
+    """(3, 3) -> 3, so the common square case reads short."""
+    if isinstance(value, tuple) and value and all(v == value[0] for v in value):
+        return value[0]
+    return value
+
+
+def _options(pairs: Sequence[tuple[str, object, object]]) -> str:
+    """Comma-joined ``name=value`` for each value that differs from its default."""
+    return ", ".join(f"{name}={_single(value)}" for name, value, default in pairs
+                     if _single(value) != default)  # fmt: skip
+
+
+def _conv(m: nn.modules.conv._ConvNd) -> str:
+    padding = m.padding if isinstance(m.padding, str) else _single(m.padding)
+    extra = _options([("s", m.stride, 1), ("p", padding, 0), ("d", m.dilation, 1),
+                      ("g", m.groups, 1)])  # fmt: skip
+    core = f"{m.in_channels}→{m.out_channels}, k={_single(m.kernel_size)}"
+    return f"{type(m).__name__}({core}{', ' + extra if extra else ''})"
+
+
+def _pool(m: nn.Module) -> str:
+    kernel = _single(getattr(m, "kernel_size", None))
+    stride = _single(getattr(m, "stride", None))
+    extra = _options([("s", stride, kernel), ("p", getattr(m, "padding", 0), 0)])
+    return f"{type(m).__name__}(k={kernel}{', ' + extra if extra else ''})"
+
+
+def _recurrent(m: nn.RNNBase) -> str:
+    extra = _options([("layers", m.num_layers, 1), ("batch_first", m.batch_first, False),
+                      ("bidirectional", m.bidirectional, False)])  # fmt: skip
+    return f"{type(m).__name__}({m.input_size}→{m.hidden_size}{', ' + extra if extra else ''})"
+
+
+_DESCRIBERS: list[tuple[type, Callable[..., str]]] = [
+    (nn.Linear, lambda m: f"{type(m).__name__}({m.in_features}→{m.out_features})"),
+    (nn.Bilinear, lambda m: f"Bilinear({m.in1_features}, {m.in2_features}→{m.out_features})"),
+    (nn.modules.conv._ConvNd, _conv),
+    (nn.modules.pooling._MaxPoolNd, _pool),
+    (nn.modules.pooling._AvgPoolNd, _pool),
+    (nn.modules.batchnorm._NormBase, lambda m: f"{type(m).__name__}({m.num_features})"),
+    (nn.LayerNorm, lambda m: f"LayerNorm({_single(tuple(m.normalized_shape))})"),
+    (nn.GroupNorm, lambda m: f"GroupNorm({m.num_groups}, {m.num_channels})"),
+    (nn.Embedding, lambda m: f"Embedding({m.num_embeddings}, {m.embedding_dim})"),
+    (nn.RNNBase, _recurrent),
+    (nn.modules.dropout._DropoutNd, lambda m: f"{type(m).__name__}(p={m.p})"),
+    (nn.MultiheadAttention,
+     lambda m: f"MultiheadAttention({m.embed_dim}, heads={m.num_heads}"
+               f"{', batch_first' if m.batch_first else ''})"),
+    (nn.Flatten, lambda m: "Flatten" if (m.start_dim, m.end_dim) == (1, -1)
+     else f"Flatten({m.start_dim}, {m.end_dim})"),
+]  # fmt: skip
+
+
+def describe_module(module: nn.Module) -> str:
+    """The class name with the hyper-parameters that decide shapes."""
+    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
+        return type(module).__name__
+    for cls, describe in _DESCRIBERS:
+        if isinstance(module, cls):
+            try:
+                return describe(module)
+            except (AttributeError, TypeError):  # a subclass that renamed an attribute
+                break
+    return type(module).__name__
+
+
+def describe_arguments(args: Sequence[object], kwargs: Mapping[str, object]) -> str:
+    """Non-tensor arguments as written in code; tensors as ``T``, so ``view(-1, 512)`` reads."""
+    parts = [_argument(a) for a in args[1:]]  # args[0] is the tensor the call is about
+    parts += [f"{k}={_argument(v)}" for k, v in kwargs.items() if v is not None and v is not False]
+    text = ", ".join(parts)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _argument(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return "T"
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, torch.Tensor) for v in value):
+            return f"[{len(value)} tensors]"
+        return repr(tuple(value)) if isinstance(value, tuple) else repr(list(value))
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, (int, float, bool, str, type(None), torch.device)):
+        return repr(value) if not isinstance(value, torch.device) else f"'{value}'"
+    return type(value).__name__
+
+
+def module_code(module: nn.Module) -> str:
+    """The module as a constructor call a user would write: ``nn.Conv2d(16, 8, 3, padding=1)``."""
+    name = type(module).__name__
+    if isinstance(module, nn.Linear):
+        bias = "" if module.bias is not None else ", bias=False"
+        return f"nn.{name}({module.in_features}, {module.out_features}{bias})"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        extra = _options([
+            ("stride", module.stride, 1), ("padding", module.padding, 0),
+            ("dilation", module.dilation, 1), ("groups", module.groups, 1),
+        ])  # fmt: skip
+        core = f"{module.in_channels}, {module.out_channels}, {_single(module.kernel_size)}"
+        return f"nn.{name}({core}{', ' + extra if extra else ''})"
+    if isinstance(module, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
+        kernel = _single(module.kernel_size)
+        extra = _options(
+            [("stride", _single(module.stride), kernel), ("padding", module.padding, 0)]
+        )
+        return f"nn.{name}({kernel}{', ' + extra if extra else ''})"
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return f"nn.{name}({module.num_features})"
+    if isinstance(module, nn.modules.dropout._DropoutNd):
+        return f"nn.{name}({module.p})"
+    if type(module).__module__.startswith("torch.nn") and not module._modules:
+        return f"nn.{name}()" if not module.extra_repr() else f"nn.{name}({module.extra_repr()})"
+    return f"{name}(...)"

@@ -1,0 +1,86 @@
+"""Dry runs: the same forward on fake tensors, so no activation memory and no compute.
+
+Parameters and buffers are swapped in as fake tensors with ``torch.func.functional_call``; the
+model itself is untouched. A device that this machine lacks (``cuda`` on a CPU-only build) is
+simulated on the ``meta`` device and reported under its declared name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
+from torch.utils._pytree import tree_map
+
+__all__ = ["DryRun", "is_meta_model"]
+
+_FAKE_LOGGER = logging.getLogger("torch._subclasses.fake_tensor")
+
+
+def is_meta_model(model: nn.Module) -> bool:
+    """True when the model's weights live on the meta device (built without memory)."""
+    return any(t.device.type == "meta" for t in (*model.parameters(), *model.buffers()))
+
+
+def _available(device: torch.device) -> bool:
+    if device.type in ("cpu", "meta"):
+        return True
+    backend = getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    return bool(is_available and is_available())
+
+
+class DryRun:
+    """Where fake tensors live, and how the forward is prepared for them."""
+
+    def __init__(self, device: torch.device | None) -> None:
+        self.device = device
+        self.device_alias: dict[str, str] = {}
+        self.target = device
+        if device is not None and not _available(device):
+            self.target = torch.device("meta")
+            self.device_alias["meta"] = str(device)
+
+    @contextmanager
+    def prepare(
+        self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Iterator[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
+        """Enter fake mode; yield the forward to call and the fake inputs."""
+        if self.target is None and is_meta_model(model):
+            self.target = torch.device("meta")
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        state = {name: self._fake(mode, t) for name, t in _named_state(model)}
+        fake_args, fake_kwargs = tree_map(
+            lambda v: self._fake(mode, v) if isinstance(v, torch.Tensor) else v, (args, kwargs)
+        )
+        level = _FAKE_LOGGER.level
+        _FAKE_LOGGER.setLevel(logging.CRITICAL)  # fake mode logs every failing meta kernel
+        try:
+            with mode:
+                yield (lambda *a, **k: functional_call(model, state, a, k, strict=False)), \
+                    fake_args, fake_kwargs  # fmt: skip
+        finally:
+            _FAKE_LOGGER.setLevel(level)
+
+    def _fake(self, mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
+        target = self.target
+        if isinstance(tensor, nn.parameter.UninitializedParameter):
+            return tensor
+        if target is not None and target.type == "meta":
+            source = tensor.detach().to("meta")
+            return mode.from_tensor(source.requires_grad_(tensor.requires_grad))
+        fake: torch.Tensor = mode.from_tensor(tensor)
+        if target is not None and fake.device != target:
+            with mode:
+                fake = fake.to(target)
+        return fake
+
+
+def _named_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*model.named_parameters(), *model.named_buffers()]

@@ -1,0 +1,105 @@
+"""``explain``: validate the arguments, trace once, diagnose, and build the Report."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._dry import is_meta_model
+from ._errors import UsageError
+from ._fixes import Applied
+from ._inputs import make_inputs, parse_device, require_module
+from ._params import param_totals
+from ._repair import diagnose, warn
+from ._report import Report
+from ._trace import run_trace
+
+__all__ = ["explain"]
+
+
+def explain(
+    model: nn.Module,
+    *inputs: Any,
+    input_size: Any = None,
+    dtypes: Any = None,
+    device: str | torch.device | None = None,
+    depth: int | None = None,
+    dry_run: bool = False,
+    **forward_kwargs: Any,
+) -> Report:
+    """Run one forward pass of ``model`` and report every layer's shapes, and why it failed.
+
+    Never raises for errors in the model: a failing forward gives a Report with the partial
+    table, the failure and verified fixes. The model is left exactly as it was.
+
+    Args:
+        model: any ``nn.Module``.
+        *inputs: example inputs: tensors or nested tuples/lists/dicts of tensors.
+        input_size: instead of inputs, one shape or a list of shapes to make inputs from.
+        dtypes: dtypes for ``input_size`` (default float32).
+        device: where to place the inputs; with ``dry_run`` it may name a device this machine
+            lacks (``"cuda"``), which is then simulated.
+        depth: fold table rows deeper than this when printing.
+        dry_run: run on fake tensors: no activation memory, no compute.
+        **forward_kwargs: keyword arguments for the model's forward.
+
+    Example:
+        >>> import torch, shapecheck
+        >>> from torch import nn
+        >>> seed = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
+        ...                      nn.Conv2d(16, 8, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
+        ...                      nn.Linear(512, 32), nn.Tanh(), nn.Linear(32, 2))
+        >>> report = shapecheck.explain(seed, torch.randn(1, 3, 32, 32))
+        >>> report.ok, report.failure.path, report.diagnoses[0].rule
+        (False, '6', 'missing-flatten')
+    """
+    model = require_module(model)
+    target = parse_device(device)
+    _check_depth(depth)
+    dry_run = bool(dry_run) or is_meta_model(model)
+    if target is not None and not dry_run and not _available(target):
+        raise UsageError(
+            f"device {str(target)!r} is not available on this machine; pass dry_run=True to "
+            "explain the shapes on fake tensors without it."
+        )
+    place = target if target is not None and _available(target) else None
+    args = make_inputs(inputs, input_size, dtypes, place)
+    values = make_inputs(tuple(forward_kwargs.values()), None, None, place)
+    kwargs = dict(zip(forward_kwargs, values, strict=True))
+    traced = _traceable(model)
+    trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=target)
+    base = Applied(traced, args, kwargs)
+    totals = param_totals(traced)
+    return Report(
+        model_type=type(model).__name__, layers=trace.layers, failure=trace.failure,
+        diagnoses=diagnose(base, trace, target) if trace.failure else [],
+        warnings=[] if trace.failure else warn(traced, args, kwargs, trace),
+        inputs=trace.inputs, outputs=trace.outputs,
+        total_params=totals.total, trainable_params=totals.trainable,
+        param_bytes_by_dtype=totals.bytes_by_dtype, buffer_count=totals.buffer_count,
+        buffer_bytes=totals.buffer_bytes, dry_run=dry_run, depth=depth,
+    )  # fmt: skip
+
+
+def _available(device: torch.device) -> bool:
+    if device.type in ("cpu", "meta"):
+        return True
+    backend = getattr(torch, device.type, None)
+    return bool(getattr(backend, "is_available", lambda: False)())
+
+
+def _check_depth(depth: object) -> None:
+    if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 0):
+        raise UsageError(f"depth must be None or an int >= 0, got {depth!r}.")
+
+
+def _traceable(model: nn.Module) -> nn.Module:
+    """The model itself, or a copy when lazy modules would otherwise materialise in place."""
+    lazy = any(
+        isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
+        for m in model.modules()
+    )
+    return copy.deepcopy(model) if lazy else model

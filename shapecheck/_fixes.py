@@ -1,0 +1,146 @@
+"""Structured fixes and the non-destructive views of a model that try them.
+
+Each fix yields, inside a ``with`` block, a model / inputs / call rewrites to re-run; the user's
+model is never changed outside that block, and every swap is undone in ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._trace import Rewrite
+
+__all__ = [
+    "Applied", "Fix", "InsertModule", "ReplaceModule", "RewriteCall", "TransformInput",
+    "WrapModuleInput", "swapped",
+]  # fmt: skip
+
+
+@dataclass
+class Applied:
+    """What a fix changes for one re-run."""
+
+    model: nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    rewrites: dict[tuple[str, str], Rewrite] = field(default_factory=dict)
+    target: Any = None
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A change to try: ``summary`` says it in words, ``code`` shows it as code."""
+
+    summary: str
+    code: str
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        """Yield the fixed view of ``base``; undo everything on exit."""
+        yield base
+
+
+@contextmanager
+def swapped(model: nn.Module, path: str, new: nn.Module) -> Iterator[nn.Module]:
+    """Put ``new`` at ``path`` for the block; yields the model to call (``new`` for the root)."""
+    if not path:
+        yield new
+        return
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path)
+    old = parent._modules[name]
+    parent._modules[name] = new
+    try:
+        yield model
+    finally:
+        parent._modules[name] = old
+
+
+@dataclass(frozen=True)
+class InsertModule(Fix):
+    """Insert a module into an ``nn.Sequential`` at ``index``: a new Sequential, same children."""
+
+    sequential_path: str = ""
+    index: int = 0
+    make: Callable[[], nn.Module] = nn.Identity
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        old = base.model.get_submodule(self.sequential_path)
+        children = list(old._modules.values())
+        new = nn.Sequential(*children[: self.index], self.make(), *children[self.index :])
+        with swapped(base.model, self.sequential_path, new) as model:
+            yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
+
+
+@dataclass(frozen=True)
+class ReplaceModule(Fix):
+    """Replace the module at ``path`` with a freshly built one (e.g. a Linear of the right size)."""
+
+    path: str = ""
+    make: Callable[[], nn.Module] = nn.Identity
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        with swapped(base.model, self.path, self.make()) as model:
+            yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
+
+
+class _Before(nn.Module):
+    """Runs a tensor transform, then the wrapped module (used only inside a fix's re-run)."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], inner: nn.Module):
+        super().__init__()
+        self.transform = transform
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(self.transform(x), *args, **kwargs)
+
+
+@dataclass(frozen=True)
+class WrapModuleInput(Fix):
+    """Transform the first input of the module at ``path`` (e.g. flatten before a Linear)."""
+
+    path: str = ""
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        inner = base.model.get_submodule(self.path)
+        with swapped(base.model, self.path, _Before(self.transform, inner)) as model:
+            yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
+
+
+@dataclass(frozen=True)
+class TransformInput(Fix):
+    """Transform positional input ``position`` of the model (e.g. ``x.unsqueeze(0)``)."""
+
+    position: int = 0
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        args = list(base.args)
+        args[self.position] = self.transform(args[self.position])
+        yield Applied(base.model, tuple(args), base.kwargs, base.rewrites, base.target)
+
+
+@dataclass(frozen=True)
+class RewriteCall(Fix):
+    """Replace one functional call, found by its source line and name, during the re-run."""
+
+    source: str = ""
+    name: str = ""
+    replacement: Rewrite = lambda args, kwargs: None
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        rewrites = {**base.rewrites, (self.source, self.name): self.replacement}
+        yield Applied(base.model, base.args, base.kwargs, rewrites, base.target)

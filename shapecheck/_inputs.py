@@ -1,0 +1,183 @@
+"""Turn what the user passed to ``explain`` into example inputs, or say clearly what is wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._errors import UsageError
+
+__all__ = ["make_inputs", "parse_device", "parse_dtype", "require_module", "tensors_in"]
+
+_PASS_THROUGH = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def require_module(model: object) -> nn.Module:
+    """Return ``model`` if it is an ``nn.Module``, else raise a UsageError saying what to pass."""
+    if isinstance(model, nn.Module):
+        return model
+    hint = ""
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        hint = f" You passed the class {model.__name__}; pass an instance: {model.__name__}(...)."
+    elif callable(model):
+        hint = " Plain functions are not traced; wrap the code in an nn.Module."
+    raise UsageError(f"model must be a torch.nn.Module instance, got {type(model).__name__}.{hint}")
+
+
+def parse_dtype(value: object) -> torch.dtype:
+    """Accept a ``torch.dtype`` or its name (``"float32"``, ``"torch.int64"``)."""
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        candidate = getattr(torch, value.removeprefix("torch."), None)
+        if isinstance(candidate, torch.dtype):
+            return candidate
+    raise UsageError(
+        f"unknown dtype {value!r}: use a torch.dtype or a name such as "
+        "'float32', 'float16', 'bfloat16', 'float64', 'int64', 'int32', 'uint8', 'bool'."
+    )
+
+
+def parse_device(value: object) -> torch.device | None:
+    """Accept None, a ``torch.device`` or a device string (``"cpu"``, ``"cuda:0"``, ``"meta"``)."""
+    if value is None or isinstance(value, torch.device):
+        return value
+    if isinstance(value, str):
+        try:
+            return torch.device(value)
+        except RuntimeError as exc:
+            raise UsageError(
+                f"unknown device {value!r}: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'meta'."
+            ) from exc
+    raise UsageError(f"device must be a string or torch.device, got {type(value).__name__}.")
+
+
+def tensors_in(obj: object) -> list[torch.Tensor]:
+    """The tensors inside any nesting of tuples, lists and dicts, in order."""
+    found: list[torch.Tensor] = []
+    _collect(obj, found, depth=0)
+    return found
+
+
+def _collect(obj: object, found: list[torch.Tensor], depth: int) -> None:
+    if isinstance(obj, torch.Tensor):
+        found.append(obj)
+    elif depth > 8:
+        return
+    elif isinstance(obj, Mapping):
+        for value in obj.values():
+            _collect(value, found, depth + 1)
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            _collect(item, found, depth + 1)
+
+
+def make_inputs(
+    inputs: Sequence[object],
+    input_size: object,
+    dtypes: object,
+    device: torch.device | None,
+) -> tuple[Any, ...]:
+    """The positional inputs for one forward pass, validated and placed on ``device``."""
+    if inputs and input_size is not None:
+        raise UsageError("pass example inputs or input_size=, not both.")
+    if input_size is not None:
+        return _from_sizes(input_size, dtypes, device)
+    if dtypes is not None:
+        raise UsageError("dtypes= only applies together with input_size=.")
+    for position, item in enumerate(inputs):
+        _check_input(item, f"input {position}")
+    if device is None:
+        return tuple(inputs)
+    return tuple(_to_device(item, device) for item in inputs)
+
+
+def _check_input(item: object, where: str) -> None:
+    if isinstance(item, (torch.Tensor, *_PASS_THROUGH)):
+        return
+    if type(item).__module__ == "numpy":
+        raise UsageError(
+            f"{where} is a numpy {type(item).__name__}; convert it with torch.from_numpy(x) "
+            "(and .float() for images)."
+        )
+    if isinstance(item, (tuple, list)) and item and all(type(v) is int for v in item):
+        raise UsageError(
+            f"{where} is a {type(item).__name__} of ints {tuple(item)}; to describe a shape, "
+            f"pass input_size={tuple(item)} instead of an example tensor."
+        )
+    if isinstance(item, Mapping):
+        for key, value in item.items():
+            _check_input(value, f"{where}[{key!r}]")
+    elif isinstance(item, (tuple, list)):
+        for position, value in enumerate(item):
+            _check_input(value, f"{where}[{position}]")
+
+
+def _to_device(item: object, device: torch.device) -> object:
+    if isinstance(item, torch.Tensor):
+        return item if device.type == "meta" and item.device == device else item.to(device)
+    if isinstance(item, Mapping):
+        return {key: _to_device(value, device) for key, value in item.items()}
+    if isinstance(item, list):
+        return [_to_device(value, device) for value in item]
+    if isinstance(item, tuple) and not hasattr(item, "_fields"):
+        return tuple(_to_device(value, device) for value in item)
+    return item
+
+
+def _from_sizes(input_size: object, dtypes: object, device: torch.device | None) -> tuple[Any, ...]:
+    sizes = _parse_sizes(input_size)
+    dtype_list = _parse_dtypes(dtypes, len(sizes))
+    generator = torch.Generator().manual_seed(0)  # never touches the global RNG
+    made = []
+    for size, dtype in zip(sizes, dtype_list, strict=True):
+        if dtype.is_floating_point or dtype.is_complex:
+            tensor = torch.randn(size, generator=generator).to(dtype)
+        else:
+            tensor = torch.zeros(size, dtype=dtype)  # index 0 is valid for any Embedding
+        made.append(tensor if device is None else tensor.to(device))
+    return tuple(made)
+
+
+def _parse_sizes(input_size: object) -> list[tuple[int, ...]]:
+    if isinstance(input_size, torch.Size) or _is_int_sequence(input_size):
+        sizes: list[tuple[int, ...]] = [tuple(input_size)]  # type: ignore[arg-type]
+    elif (
+        isinstance(input_size, (tuple, list))
+        and input_size
+        and all(isinstance(s, torch.Size) or _is_int_sequence(s) for s in input_size)
+    ):
+        sizes = [tuple(s) for s in input_size]
+    else:
+        raise UsageError(
+            f"input_size must be a shape such as (1, 3, 32, 32) or a list of shapes "
+            f"[(1, 10), (1, 20)], got {input_size!r}."
+        )
+    for size in sizes:
+        if any(d <= 0 for d in size):
+            raise UsageError(f"input_size {size} has a non-positive size; every dim must be >= 1.")
+    return sizes
+
+
+def _is_int_sequence(value: object) -> bool:
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) > 0
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in value)
+    )
+
+
+def _parse_dtypes(dtypes: object, count: int) -> list[torch.dtype]:
+    if dtypes is None:
+        return [torch.float32] * count
+    if isinstance(dtypes, (torch.dtype, str)):
+        return [parse_dtype(dtypes)] * count
+    if isinstance(dtypes, (tuple, list)) and len(dtypes) == count:
+        return [parse_dtype(d) for d in dtypes]
+    raise UsageError(
+        f"dtypes must be one dtype or a list of {count} dtypes (one per input_size entry), "
+        f"got {dtypes!r}."
+    )

@@ -1,0 +1,108 @@
+"""The Report: everything one ``explain`` found, with ways to read, raise and serialise it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._records import Diagnosis, Failure, Layer, Shape, TensorInfo
+
+__all__ = ["Report"]
+
+_NOTE_MARK = "shapecheck: "
+
+
+@dataclass(eq=False)
+class Report:
+    """The result of :func:`shapecheck.explain`.
+
+    Example:
+        >>> import torch, shapecheck
+        >>> report = shapecheck.explain(torch.nn.Linear(4, 2), torch.randn(3, 4))
+        >>> report.ok, report.output_shapes, report.total_params
+        (True, [(3, 2)], 10)
+    """
+
+    model_type: str
+    layers: list[Layer]
+    failure: Failure | None
+    diagnoses: list[Diagnosis]
+    warnings: list[Diagnosis]
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    total_params: int
+    trainable_params: int
+    param_bytes_by_dtype: dict[str, int]
+    buffer_count: int
+    buffer_bytes: int
+    dry_run: bool
+    depth: int | None = None
+    total_flops: int | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the forward pass ran to the end."""
+        return self.failure is None
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+    @property
+    def param_bytes(self) -> int:
+        return sum(self.param_bytes_by_dtype.values())
+
+    @property
+    def input_shapes(self) -> list[Shape]:
+        return [t.shape for t in self.inputs]
+
+    @property
+    def output_shapes(self) -> list[Shape]:
+        """Shapes of the tensors in the model's output, nested structures flattened in order."""
+        return [t.shape for t in self.outputs]
+
+    def layer(self, path: str) -> Layer:
+        """The first call recorded at ``path``; KeyError naming the known paths otherwise."""
+        for layer in self.layers:
+            if layer.path == path and layer.kind == "module":
+                return layer
+        known = ", ".join(repr(p) for p in dict.fromkeys(x.path for x in self.layers))
+        raise KeyError(f"no layer at path {path!r}; recorded paths: {known}")
+
+    def raise_for_failure(self) -> Report:
+        """Re-raise the model's own exception, with this explanation added as a note.
+
+        Returns the report itself when the forward ran, so calls can be chained.
+        """
+        if self.failure is None:
+            return self
+        error = self.failure.exception
+        notes = getattr(error, "__notes__", [])
+        if not any(str(n).startswith(_NOTE_MARK) for n in notes):
+            add_note(error, _NOTE_MARK + "the forward pass, layer by layer\n" + str(self))
+        raise error
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view of the report."""
+        from ._serialize import report_to_dict
+
+        return report_to_dict(self)
+
+    def __str__(self) -> str:
+        from ._render import render_report
+
+        return render_report(self)
+
+    def _repr_html_(self) -> str:
+        from ._render import render_html
+
+        return render_html(self)
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """``BaseException.add_note`` where Python has it (3.11+), the same attribute otherwise."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:  # Python 3.10: store it where 3.11 would; tracebacks there will not show it
+        error.__notes__ = [*getattr(error, "__notes__", []), note]

@@ -1,0 +1,66 @@
+"""Locate the user's line of code: the call site of a functional op, the line that raised."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+import sysconfig
+from types import FrameType, TracebackType
+
+import torch
+
+__all__ = ["caller_source", "code_line", "traceback_source"]
+
+_LIBRARY_DIRS = (
+    os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep,
+)
+
+
+def _is_user_file(filename: str) -> bool:
+    if filename.startswith("<") and not filename.startswith("<ipython"):
+        return False  # frozen importlib and friends; notebook cells stay
+    return not os.path.abspath(filename).startswith(_LIBRARY_DIRS)
+
+
+def _where(frame: FrameType, lineno: int | None = None) -> str:
+    return f"{frame.f_code.co_filename}:{lineno or frame.f_lineno}"
+
+
+def caller_source(skip: int = 2) -> str | None:
+    """``file:line`` of the nearest calling frame that is the user's code, not torch's."""
+    frame: FrameType | None = sys._getframe(skip)
+    for _ in range(40):  # bounded: the user's frame is a few levels up at most
+        if frame is None:
+            return None
+        if _is_user_file(frame.f_code.co_filename):
+            return _where(frame)
+        frame = frame.f_back
+    return None
+
+
+def traceback_source(tb: TracebackType | None) -> str | None:
+    """``file:line`` of the innermost user frame in a traceback."""
+    found = None
+    while tb is not None:
+        if _is_user_file(tb.tb_frame.f_code.co_filename):
+            found = _where(tb.tb_frame, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def code_line(source: str | None) -> str:
+    """The stripped text of the line a ``file:line`` points at, or ``""``."""
+    if not source or ":" not in source:
+        return ""
+    filename, _, lineno = source.rpartition(":")
+    if not lineno.isdigit():
+        return ""
+    return linecache.getline(filename, int(lineno)).strip()
+
+
+def short(source: str | None) -> str:
+    """``file:line`` with the directory dropped."""
+    return os.path.basename(source) if source else ""
