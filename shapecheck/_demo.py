@@ -1,4 +1,4 @@
-"""The seed: the chapter-8 CIFAR-2 CNN from *Deep Learning with PyTorch*, without and with Flatten."""
+"""The seed: the chapter-8 CIFAR-2 CNN of *Deep Learning with PyTorch*, without and with Flatten."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class InsertModule(Fix):
     @contextmanager
     def applied(self, base: Applied) -> Iterator[Applied]:
         old = base.model.get_submodule(self.sequential_path)
-        children = list(old._modules.values())
+        children = [child for child in old._modules.values() if child is not None]
         new = nn.Sequential(*children[: self.index], self.make(), *children[self.index :])
         with swapped(base.model, self.sequential_path, new) as model:
             yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
