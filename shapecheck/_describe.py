@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -77,12 +79,45 @@ def describe_module(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def describe_arguments(args: Sequence[object], kwargs: Mapping[str, object]) -> str:
-    """Non-tensor arguments as written in code; tensors as ``T``, so ``view(-1, 512)`` reads."""
+def describe_arguments(
+    args: Sequence[object], kwargs: Mapping[str, object], func: Callable[..., object] | None = None
+) -> str:
+    """Non-tensor arguments as written in code; tensors as ``T``, so ``view(-1, 512)`` reads.
+
+    Keyword arguments equal to ``func``'s defaults are left out (``F.max_pool2d`` passes them all).
+    """
+    defaults = _defaults(func) if func is not None else {}
     parts = [_argument(a) for a in args[1:]]  # args[0] is the tensor the call is about
-    parts += [f"{k}={_argument(v)}" for k, v in kwargs.items() if v is not None and v is not False]
+    parts += [
+        f"{k}={_argument(v)}"
+        for k, v in kwargs.items()
+        if v is not None and v is not False and not _is_default(defaults, k, v)
+    ]
     text = ", ".join(parts)
     return text if len(text) <= 40 else text[:39] + "…"
+
+
+@functools.lru_cache(maxsize=512)
+def _defaults(func: Callable[..., object]) -> dict[str, object]:
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return {}
+    found = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    # F.max_pool2d and friends are (*args, **kwargs) dispatchers over two real functions
+    for cell in getattr(func, "__closure__", None) or ():
+        if inspect.isfunction(cell.cell_contents) and cell.cell_contents is not func:
+            found = {**_defaults(cell.cell_contents), **found}
+    return found
+
+
+def _is_default(defaults: Mapping[str, object], name: str, value: object) -> bool:
+    if name not in defaults or isinstance(value, torch.Tensor):
+        return False
+    try:
+        return bool(defaults[name] == value)
+    except Exception:  # an exotic __eq__; then show the argument
+        return False
 
 
 def _argument(value: object) -> str:

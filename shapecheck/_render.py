@@ -73,7 +73,8 @@ def render_totals(report: Report) -> str:
         lines.append(f"flops      {count(report.total_flops)} forward")
     mode = "dry run (fake tensors)" if report.dry_run else "real forward"
     output = shapes(report.output_shapes) if report.ok else "— (the forward raised)"
-    lines.append(f"input      {shapes(report.input_shapes)} → output {output}   [{mode}]")
+    kinds = " ".join(dict.fromkeys(f"{t.dtype} {t.device}" for t in report.inputs))
+    lines.append(f"input      {shapes(report.input_shapes)} {kinds} → output {output}   [{mode}]")
     return "\n".join(lines)
 
 

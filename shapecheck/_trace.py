@@ -170,12 +170,12 @@ class _Recorder:
         if name in _BOOKKEEPING:
             return func(*args, **kwargs)
         source = caller_source(skip=3)
+        arguments = describe_arguments(args, kwargs, func)
         rewrite = self.rewrites.get((source or "", name))
         row = _Row(
             path=frame.path, kind="function", type=name, depth=len(self.stack),
             inputs=self.infos((args, kwargs)), params=0, trainable=0,
-            summary=f"{name}({describe_arguments(args, kwargs)})", parent=frame.row,
-            source=source, arguments=describe_arguments(args, kwargs),
+            summary=f"{name}({arguments})", parent=frame.row, source=source, arguments=arguments,
         )  # fmt: skip
         try:
             result = rewrite(args, kwargs) if rewrite else func(*args, **kwargs)

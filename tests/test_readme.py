@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch
 import shapecheck
 from shapecheck._demo import seed_model
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+README_PATH = Path(__file__).resolve().parents[1] / "README.md"
+README = README_PATH.read_text(encoding="utf-8")
 
 
 def _block_after(marker: str) -> str:
@@ -25,6 +27,9 @@ def _block_after(marker: str) -> str:
 def test_first_screen_shows_the_real_answer_for_the_seed() -> None:
     shown = _block_after("README-ANSWER:BEGIN").rstrip("\n")
     actual = str(shapecheck.explain(seed_model(), torch.randn(1, 3, 32, 32)))
+    if os.environ.get("SHAPECHECK_UPDATE_GOLDEN") == "1" and shown != actual:
+        README_PATH.write_text(README.replace(shown, actual), encoding="utf-8")
+        pytest.skip("README answer rewritten from the real output; review the diff")
     assert shown == actual
 
 
