@@ -4,11 +4,38 @@
 the layer that failed, why, and a fix verified by re-running the model with it.
 """
 
-from ._clarify import clarify
+from typing import TYPE_CHECKING
+
 from ._errors import ShapecheckError, ShapeError, UsageError
-from ._explain import explain
-from ._records import Diagnosis, Failure, Layer, TensorInfo
-from ._report import Report
+
+if TYPE_CHECKING:
+    from ._clarify import clarify
+    from ._explain import explain
+    from ._records import Diagnosis, Failure, Layer, TensorInfo
+    from ._report import Report
+
+# Imported on first use (PEP 562) so that the pytest plugin, registered as
+# ``shapecheck.pytest_plugin``, loads without importing torch in every pytest run.
+_LAZY = {
+    "clarify": "._clarify", "explain": "._explain", "Report": "._report",
+    "Diagnosis": "._records", "Failure": "._records", "Layer": "._records",
+    "TensorInfo": "._records",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'shapecheck' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "Diagnosis", "Failure", "Layer", "Report", "ShapeError", "ShapecheckError", "TensorInfo",

@@ -72,3 +72,13 @@ def test_usage_snippet_lines_do_what_their_comments_say() -> None:
             assert eval(code, scope) == ast.literal_eval(claim), line
             checked += 1
     assert checked >= 5
+
+
+def test_shape_contract_snippet_runs_as_written() -> None:
+    match = re.search(
+        r"```python\n(import torch\nfrom shapecheck._demo import .*?)```", README, re.S
+    )
+    assert match is not None
+    scope: dict[str, object] = {}
+    exec(match.group(1), scope)
+    assert scope["report"].ok  # type: ignore[attr-defined]

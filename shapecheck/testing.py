@@ -1,0 +1,633 @@
+"""Shape-contract assertions for tests, with or without pytest.
+
+Each assertion runs the model through :func:`shapecheck.explain`; a broken contract raises
+``AssertionError`` whose message is the explanation: what did not match and why (with the
+symbol bindings, "B=4 from input 0 dim 0, but layer '6' has 64 at dim 0"), then the layer table,
+the failing layer and its diagnosis. Hypothesis is optional: only
+:func:`assert_batch_polymorphic` uses it, and falls back to fixed batch sizes without it.
+
+Example:
+    >>> import torch
+    >>> from shapecheck.testing import assert_output_shape
+    >>> _ = assert_output_shape(torch.nn.Linear(4, 2), torch.randn(3, 4), spec="B 2")
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import torch
+from torch import nn
+
+from ._errors import UsageError
+from ._explain import explain
+from ._inputs import parse_dtype, require_module, tensors_in
+from ._params import param_totals
+from ._report import Report
+from ._spec import Bindings, Mismatch, Spec, SpecLike, match, parse_spec, symbol_dims
+from ._text import count, shape
+
+__all__ = [
+    "assert_batch_polymorphic",
+    "assert_output_shape",
+    "assert_param_count",
+    "assert_runs",
+    "assert_shapes",
+]
+
+#: Batch sizes checked when hypothesis is not installed and none are given.
+FALLBACK_BATCH_SIZES = (1, 2, 3, 5, 8)
+#: Batch sizes hypothesis always tries before drawing: the edge case 1, an even and an odd size.
+EXPLICIT_BATCH_SIZES = (1, 2, 3)
+#: Drawn batch sizes when neither ``max_examples`` nor ``--shapecheck-examples`` says otherwise.
+DEFAULT_EXAMPLES = 10
+
+#: One spec, or a list with one spec per tensor.
+Specs: TypeAlias = SpecLike | list[SpecLike]
+
+
+# -- assert_runs ------------------------------------------------------------------------------
+def assert_runs(model: nn.Module, *inputs: Any, **forward_kwargs: Any) -> Report:
+    """Assert that the forward pass runs; on failure the message is the full explanation.
+
+    Returns the Report, so further checks can read it.
+
+    Example:
+        >>> import torch
+        >>> assert_runs(torch.nn.Linear(4, 2), torch.randn(3, 4)).output_shapes
+        [(3, 2)]
+    """
+    __tracebackhide__ = True
+    report = explain(model, *inputs, **forward_kwargs)
+    _raise_if_failed(report)
+    return report
+
+
+def _raise_if_failed(report: Report, context: str = "") -> None:
+    __tracebackhide__ = True
+    failure = report.failure
+    if failure is None:
+        return
+    where = f"layer '{failure.path}' ({failure.type})" if failure.path else "the model's forward"
+    headline = f"{context}the forward pass raised {type(failure.exception).__name__} in {where}"
+    rules = ", ".join(dict.fromkeys(d.rule for d in report.diagnoses))
+    if rules:  # the rule ids are stable names to search for; the report shows only the text
+        headline += f"\ndiagnosis: {rules}"
+    # not chained: the report quotes PyTorch's message and the source line, and a chained
+    # traceback would print shapecheck's tracer frames above the explanation
+    raise AssertionError(f"{headline}\n\n{report}") from None
+
+
+# -- assert_shapes / assert_output_shape --------------------------------------------------------
+@dataclass(frozen=True)
+class _Entry:
+    """Recorded shapes of one layer (or the model's output) and the specs they must match."""
+
+    label: str
+    kind: str
+    shapes: list[tuple[int, ...]]
+    specs: list[Spec]
+    order: int
+
+
+def assert_shapes(
+    model: nn.Module,
+    *inputs: Any,
+    expected: Mapping[str, Specs],
+    input_spec: Specs | None = None,
+) -> Report:
+    """Assert the output shape of layers, by path as in ``Report.layers`` (``""`` is the model).
+
+    Symbols bind once and must agree everywhere; ``input_spec`` binds them from the inputs.
+    A list of specs covers a layer's (or the inputs') several tensors in order.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> _ = assert_shapes(model, torch.randn(3, 4), input_spec="B 4",
+        ...                   expected={"0": "B 8", "2": "B 2"})
+    """
+    __tracebackhide__ = True
+    specs = {path: _spec_list(s, f"the spec for layer {path!r}") for path, s in expected.items()}
+    inputs_spec = None if input_spec is None else _spec_list(input_spec, "input_spec")
+    report = assert_runs(model, *inputs)
+    bindings = _bind_inputs(report, inputs_spec)
+    entries = sorted((_layer_entry(report, p, s) for p, s in specs.items()), key=lambda e: e.order)
+    _check_entries(report, entries, bindings)
+    return report
+
+
+def assert_output_shape(
+    model: nn.Module, *inputs: Any, spec: Specs, input_spec: Specs | None = None
+) -> Report:
+    """Assert the shape of the model's output (a list of specs for several output tensors).
+
+    Example:
+        >>> import torch
+        >>> _ = assert_output_shape(torch.nn.Linear(4, 2), torch.randn(3, 4),
+        ...                         input_spec="B 4", spec="B 2")
+    """
+    __tracebackhide__ = True
+    specs = _spec_list(spec, "spec")
+    inputs_spec = None if input_spec is None else _spec_list(input_spec, "input_spec")
+    report = assert_runs(model, *inputs)
+    bindings = _bind_inputs(report, inputs_spec)
+    entry = _Entry("the output", "", report.output_shapes, specs, 0)
+    _check_entries(report, [entry], bindings)
+    return report
+
+
+def _spec_list(specs: Specs, what: str) -> list[Spec]:
+    """A list holds one spec per tensor; a string or tuple is one spec."""
+    if isinstance(specs, list):
+        return [parse_spec(s) for s in specs]
+    if specs is None:
+        raise UsageError(f"{what} is required: a shape spec such as 'B 3 32 32'.")
+    return [parse_spec(specs)]
+
+
+def _bind_inputs(report: Report, specs: list[Spec] | None) -> Bindings:
+    """Bindings from the inputs; a spec that does not fit the user's own input is a UsageError."""
+    bindings = Bindings()
+    if specs is None:
+        return bindings
+    if len(specs) != len(report.input_shapes):
+        raise UsageError(
+            f"input_spec has {len(specs)} spec(s) for {len(report.input_shapes)} "
+            "input tensor(s): give one spec per tensor, in a list."
+        )
+    for index, (spec, dims) in enumerate(zip(specs, report.input_shapes, strict=True)):
+        mismatch = match(spec, dims, f"input {index}", bindings)
+        if mismatch is not None:
+            raise UsageError(
+                f"input_spec {spec} does not describe input {index} "
+                f"{shape(dims)}: {mismatch.reason}."
+            )
+    return bindings
+
+
+def _layer_entry(report: Report, path: str, parsed: list[Spec]) -> _Entry:
+    if path == "":
+        return _Entry("the output", "", report.output_shapes, parsed, len(report.layers))
+    found = next((x for x in report.layers if x.path == path and x.kind == "module"), None)
+    if found is None:
+        return _Entry(f"layer '{path}'", "", [], parsed, -1)
+    return _Entry(f"layer '{path}'", found.type, found.output_shapes, parsed, found.index)
+
+
+def _check_entries(report: Report, entries: list[_Entry], bindings: Bindings) -> None:
+    __tracebackhide__ = True
+    problems = [p for e in entries if (p := _entry_problem(report, e, bindings))]
+    if problems:
+        raise AssertionError(_contract_message(report, problems, bindings))
+
+
+def _entry_problem(report: Report, entry: _Entry, bindings: Bindings) -> str | None:
+    if entry.order < 0:
+        known = ", ".join(repr(p) for p in dict.fromkeys(x.path for x in report.layers))
+        return f"{entry.label} did not run in the forward pass\n  recorded  {known}"
+    if len(entry.specs) != len(entry.shapes):
+        return (
+            f"{entry.label} gave {len(entry.shapes)} tensor(s) {_shapes(entry.shapes)}, "
+            f"the spec lists {len(entry.specs)}"
+        )
+    for index, (spec, dims) in enumerate(zip(entry.specs, entry.shapes, strict=True)):
+        where = entry.label if len(entry.shapes) == 1 else _nth_output(entry.label, index)
+        mismatch = match(spec, dims, where, bindings)
+        if mismatch is not None:
+            return _mismatch_lines(entry, mismatch)
+    return None
+
+
+def _nth_output(label: str, index: int) -> str:
+    return f"output {index}" if label == "the output" else f"{label} output {index}"
+
+
+def _mismatch_lines(entry: _Entry, mismatch: Mismatch) -> str:
+    kind = f" ({entry.kind})" if entry.kind else ""
+    return "\n".join(
+        [
+            f"{mismatch.where}{kind} does not match its spec",
+            f"  got       {shape(mismatch.shape)}",
+            f"  expected  {mismatch.spec}",
+            f"  because   {mismatch.reason}",
+        ]
+    )
+
+
+def _contract_message(report: Report, problems: list[str], bindings: Bindings) -> str:
+    lines = ["shape contract broken", "", *"\n\n".join(problems).splitlines()]
+    if bindings.values:
+        wrapped = textwrap.wrap(bindings.describe(), 90, break_on_hyphens=False)
+        lines += ["", "\n          ".join(["symbols   " + wrapped[0], *wrapped[1:]])]
+    return "\n".join([*lines, "", str(report)])
+
+
+def _shapes(many: Sequence[tuple[int, ...]]) -> str:
+    return " ".join(shape(s) for s in many) or "—"
+
+
+# -- assert_param_count ---------------------------------------------------------------------------
+def assert_param_count(
+    model: nn.Module,
+    total: int | None = None,
+    trainable: int | None = None,
+    per_layer: Mapping[str, int] | None = None,
+) -> None:
+    """Assert parameter counts: unique tensors (tied weights once); a layer counts its subtree.
+
+    Example:
+        >>> import torch
+        >>> assert_param_count(torch.nn.Linear(4, 2), total=10, per_layer={"": 10})
+    """
+    __tracebackhide__ = True
+    model = require_module(model)
+    checks = _param_checks(model, total, trainable, per_layer or {})
+    wrong = [line for line in checks if line is not None]
+    if wrong:
+        raise AssertionError(
+            "\n".join(["parameter count does not match", *wrong, "", _param_table(model)])
+        )
+
+
+def _param_checks(
+    model: nn.Module, total: int | None, trainable: int | None, per_layer: Mapping[str, int]
+) -> list[str | None]:
+    if total is None and trainable is None and not per_layer:
+        raise UsageError("assert_param_count needs total=, trainable= or per_layer= to check.")
+    totals = param_totals(model)
+    checks = [
+        _compare("total", totals.total, total),
+        _compare("trainable", totals.trainable, trainable),
+    ]
+    for path, want in per_layer.items():
+        checks.append(_compare(f"layer '{path}'", _subtree_params(model, path), want))
+    return checks
+
+
+def _subtree_params(model: nn.Module, path: str) -> int | None:
+    try:
+        return param_totals(model.get_submodule(path)).total
+    except AttributeError:
+        return None
+
+
+def _compare(label: str, got: int | None, want: int | None) -> str | None:
+    if want is None:
+        return None
+    if isinstance(want, bool) or not isinstance(want, int) or want < 0:
+        raise UsageError(f"the expected count for {label} must be an int >= 0, got {want!r}.")
+    if got is None:
+        return f"  {label:<12} no such module in the model (see the table below)"
+    if got == want:
+        return None
+    return f"  {label:<12} {count(got)}, expected {count(want)} ({got - want:+,})"
+
+
+def _param_table(model: nn.Module) -> str:
+    """Each module's own parameters; a tensor shared by several modules is listed once."""
+    seen: set[int] = set()
+    rows = []
+    for path, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        if own:
+            rows.append(
+                f"  {path or '(root)':<30} {type(module).__name__:<16} "
+                f"{count(sum(p.numel() for p in own)):>12}"
+            )
+    totals = param_totals(model)
+    rows.append(f"params     {count(totals.total)} total · {count(totals.trainable)} trainable")
+    return "\n".join(["parameters by module (own tensors, each counted once):", *rows])
+
+
+# -- assert_batch_polymorphic -------------------------------------------------------------------
+def assert_batch_polymorphic(
+    model: nn.Module,
+    input_spec: Specs,
+    output_spec: Specs,
+    batch_sizes: Sequence[int] | None = None,
+    *,
+    batch: str = "B",
+    max_examples: int | None = None,
+    dtype: torch.dtype | str | Sequence[torch.dtype | str] = torch.float32,
+    independence: bool = True,
+    **sizes: int,
+) -> list[int]:
+    """Assert the model maps ``input_spec`` to ``output_spec`` for any batch size.
+
+    The model runs in eval mode (BatchNorm and Dropout mix or randomise samples in training by
+    design) and its flags are restored afterwards. For each batch size the output must match
+    ``output_spec`` with ``batch`` bound to that size; with ``independence``, sample i's output
+    must not change when only the other samples change, which catches ``x.view(-1, N)`` and
+    similar reshapes that mix the batch. Batch sizes are ``batch_sizes`` when given, else
+    1, 2, 3 and ``max_examples`` sizes drawn by hypothesis (derandomised, so CI is stable; the
+    default is 10 or pytest's ``--shapecheck-examples``), else, without hypothesis,
+    ``FALLBACK_BATCH_SIZES``. Other symbols need a size: ``H=32``. Integer inputs hold 0 and 1.
+
+    Returns:
+        The batch sizes checked, in order.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+        >>> assert_batch_polymorphic(model, "B 3 H", "B 2", [1, 4], H=4)
+        [1, 4]
+    """
+    __tracebackhide__ = True
+    model = require_module(model)
+    check = _BatchCheck(
+        model,
+        _spec_list(input_spec, "input_spec"),
+        _spec_list(output_spec, "output_spec"),
+        batch,
+        dict(sizes),
+        _dtypes(dtype),
+        independence,
+    )
+    if batch_sizes is not None:
+        for size in _valid_batch_sizes(batch_sizes):
+            check(size)
+    else:
+        _draw_batch_sizes(check, _examples(max_examples))
+    return list(dict.fromkeys(check.checked))
+
+
+def _valid_batch_sizes(batch_sizes: Sequence[int]) -> list[int]:
+    sizes = list(batch_sizes)
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise UsageError(f"batch_sizes must be a non-empty list of ints >= 1, got {batch_sizes!r}.")
+    return sizes
+
+
+def _dtypes(dtype: object) -> list[torch.dtype]:
+    if isinstance(dtype, (list, tuple)):
+        return [parse_dtype(d) for d in dtype]
+    return [parse_dtype(dtype)]
+
+
+def _examples(max_examples: int | None) -> int:
+    if max_examples is None:
+        plugin = sys.modules.get("shapecheck.pytest_plugin")
+        configured = getattr(plugin, "configured_examples", lambda: None)()
+        max_examples = DEFAULT_EXAMPLES if configured is None else configured
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 0:
+        raise UsageError(f"max_examples must be an int >= 0, got {max_examples!r}.")
+    return max_examples
+
+
+def _draw_batch_sizes(check: Callable[[int], None], max_examples: int) -> None:
+    """Run ``check`` on 1, 2, 3 and drawn sizes; shrink a failure to the smallest size."""
+    __tracebackhide__ = True
+    try:
+        import hypothesis
+    except ImportError:  # hypothesis is optional: a fixed list still covers 1 and odd sizes
+        for size in FALLBACK_BATCH_SIZES:
+            check(size)
+        return
+    from .strategies import batch_sizes
+
+    def batch_polymorphic(batch_size: int) -> None:
+        __tracebackhide__ = True
+        check(batch_size)
+
+    run: Callable[..., None] = hypothesis.given(batch_sizes())(batch_polymorphic)
+    for size in reversed(EXPLICIT_BATCH_SIZES):
+        run = hypothesis.example(size)(run)
+    settings = hypothesis.settings(
+        max_examples=max(max_examples, 1),
+        database=None,
+        deadline=None,
+        derandomize=True,
+        print_blob=False,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        phases=_phases(hypothesis, max_examples),
+    )
+    try:
+        settings(run)()
+    except AssertionError as error:  # keep hypothesis' notes, drop its frames from the traceback
+        raise error.with_traceback(None) from None
+
+
+def _phases(hypothesis: Any, max_examples: int) -> list[Any]:
+    phase = hypothesis.Phase
+    if max_examples == 0:  # only the explicit sizes 1, 2, 3
+        return [phase.explicit]
+    return [phase.explicit, phase.generate, phase.shrink]
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+class _BatchCheck:
+    """One batch size: build inputs, check shapes, then per-sample independence."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: list[Spec],
+        outputs: list[Spec],
+        batch: str,
+        sizes: dict[str, int],
+        dtypes: list[torch.dtype],
+        independence: bool,
+    ) -> None:
+        if not any(batch in s.symbols for s in inputs):
+            raise UsageError(
+                f"the batch symbol {batch} is not in input_spec "
+                f"{' '.join(str(s) for s in inputs)}; name it there or pass "
+                "batch='N' for another symbol."
+            )
+        if len(dtypes) not in (1, len(inputs)):
+            raise UsageError(f"dtype must be one dtype or one per input ({len(inputs)}).")
+        self.model, self.inputs, self.outputs, self.batch = model, inputs, outputs, batch
+        self.sizes, self.independence = sizes, independence
+        self.dtypes = dtypes * len(inputs) if len(dtypes) == 1 else dtypes
+        self.checked: list[int] = []
+        self._make(1)  # a spec that cannot make a tensor is a UsageError before any drawing
+
+    def __call__(self, size: int) -> None:
+        __tracebackhide__ = True
+        self.checked.append(size)
+        args = self._make(size)
+        with _eval_mode(self.model):
+            report = explain(self.model, *args)
+            _raise_if_failed(report, f"at batch size {size}: ")
+            bindings = self._bind(size)
+            entry = _Entry("the output", "", report.output_shapes, self.outputs, 0)
+            problem = _entry_problem(report, entry, bindings)
+            if problem:
+                message = _contract_message(report, [problem], bindings)
+                raise AssertionError(f"at batch size {size}: {message}")
+            if self.independence and size > 1:
+                _check_independence(self, args, report, size)
+
+    def _make(self, size: int) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(size)  # never touches the global RNG
+        values = {**self.sizes, self.batch: size}
+        made = []
+        for index, (spec, dtype) in enumerate(zip(self.inputs, self.dtypes, strict=True)):
+            made.append(_random(spec.build(values, f"input_spec {index}"), dtype, generator))
+        return tuple(made)
+
+    def _bind(self, size: int) -> Bindings:
+        bindings = Bindings()
+        values = {**self.sizes, self.batch: size}
+        for index, spec in enumerate(self.inputs):
+            match(spec, spec.build(values), f"input {index}", bindings)
+        return bindings
+
+    def batch_dims(self, specs: list[Spec], shapes: Sequence[Sequence[int]]) -> list[int | None]:
+        """Where the batch symbol sits in each tensor (None where it does not appear)."""
+        found = [symbol_dims(s, len(d), self.batch) for s, d in zip(specs, shapes, strict=True)]
+        return [dims[0] if dims else None for dims in found]
+
+
+def _random(dims: tuple[int, ...], dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(dims, generator=generator).to(dtype)
+    return torch.randint(0, 2, dims, generator=generator).to(dtype)  # valid for any Embedding
+
+
+# -- per-sample independence --------------------------------------------------------------------
+def _check_independence(
+    check: _BatchCheck, args: tuple[torch.Tensor, ...], report: Report, size: int
+) -> None:
+    """Keep the last sample, redraw all others: the last sample's outputs must not move."""
+    __tracebackhide__ = True
+    keep = size - 1
+    in_dims = check.batch_dims(check.inputs, [a.shape for a in args])
+    other = _redraw_others(args, in_dims, keep, size)
+    first, events_a = _run_recording(check.model, args, keep, size)
+    second, events_b = _run_recording(check.model, other, keep, size)
+    outs_a, outs_b = tensors_in(first), tensors_in(second)
+    out_dims = check.batch_dims(check.outputs, [t.shape for t in outs_a])
+    moved = [
+        line
+        for i, (a, b, d) in enumerate(zip(outs_a, outs_b, out_dims, strict=True))
+        if d is not None and (line := _moved(i, a, b, d, keep))
+    ]
+    if moved:
+        raise AssertionError(_mixing_message(size, keep, moved, events_a, events_b, report))
+
+
+def _redraw_others(
+    args: tuple[torch.Tensor, ...], dims: list[int | None], keep: int, size: int
+) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(10_000 + size)
+    changed = []
+    for arg, dim in zip(args, dims, strict=True):
+        fresh = _random(tuple(arg.shape), arg.dtype, generator)
+        if dim is not None:
+            fresh.select(dim, keep).copy_(arg.select(dim, keep))
+        changed.append(fresh if dim is not None else arg)
+    return tuple(changed)
+
+
+def _moved(index: int, a: torch.Tensor, b: torch.Tensor, dim: int, keep: int) -> str | None:
+    if a.shape != b.shape:
+        return f"  output {index}  {shape(a.shape)} then {shape(b.shape)}: the shape changed"
+    x, y = a.select(dim, keep).detach(), b.select(dim, keep).detach()
+    if not (x.is_floating_point() or x.is_complex()):
+        same = torch.equal(x, y)
+        return None if same else f"  output {index}  {shape(a.shape)}: sample {keep} changed"
+    delta = (x - y).abs().max().item() if x.numel() else 0.0
+    tolerance = 1e-4 * max(1.0, x.abs().max().item() if x.numel() else 0.0)
+    if not math.isfinite(delta) or delta > tolerance:
+        return (
+            f"  output {index}  {shape(a.shape)}: sample {keep} moved by up to "
+            f"{delta:.4g} (tolerance {tolerance:.1g})"
+        )
+    return None
+
+
+def _run_recording(
+    model: nn.Module, args: tuple[torch.Tensor, ...], keep: int, size: int
+) -> tuple[Any, list[tuple[str, torch.Tensor | None]]]:
+    """Forward once, keeping sample ``keep`` of each module's first input and output."""
+    events: list[tuple[str, torch.Tensor | None]] = []
+
+    def sample(obj: object) -> torch.Tensor | None:
+        found = tensors_in(obj)
+        if not found or found[0].dim() == 0 or found[0].shape[0] != size:
+            return None  # this tensor does not carry the batch in dim 0: nothing to compare
+        return found[0][keep].detach().clone()
+
+    handles = []
+    for path, module in model.named_modules():
+        label = f"layer '{path}' ({type(module).__name__})" if path else "the model"
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda m, a, label=label: events.append((f"the input of {label}", sample(a)))
+            )
+        )
+        handles.append(
+            module.register_forward_hook(
+                lambda m, a, o, label=label: events.append((f"the output of {label}", sample(o)))
+            )
+        )
+    try:
+        with torch.no_grad():
+            return model(*args), events
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _first_change(
+    a: list[tuple[str, torch.Tensor | None]], b: list[tuple[str, torch.Tensor | None]]
+) -> tuple[str | None, str | None]:
+    """The first recorded tensor whose kept sample differs, and the last one that did not."""
+    last_same = None
+    for (label, x), (_, y) in zip(a, b, strict=False):
+        if x is None or y is None or x.shape != y.shape:
+            continue
+        if x.is_floating_point() and not torch.allclose(x, y, rtol=1e-4, atol=1e-5):
+            return label, last_same
+        if not x.is_floating_point() and not torch.equal(x, y):
+            return label, last_same
+        last_same = label
+    return None, last_same
+
+
+def _mixing_message(
+    size: int,
+    keep: int,
+    moved: list[str],
+    events_a: list[tuple[str, torch.Tensor | None]],
+    events_b: list[tuple[str, torch.Tensor | None]],
+    report: Report,
+) -> str:
+    changed, unchanged = _first_change(events_a, events_b)
+    lines = [
+        f"at batch size {size}: sample {keep}'s output changed when only the other samples changed",
+        *moved,
+    ]
+    if changed:
+        lines.append(f"  first     {changed}")
+    if unchanged:
+        lines.append(f"  still ok  {unchanged}")
+    lines += [
+        "cause: the forward mixes samples of the batch, usually a view or reshape that does not",
+        "    keep the batch dim first: x.view(-1, N) with N not the per-sample size, or",
+        "    x.view(T, B, ...) where x.transpose(0, 1) was meant. The model ran in eval mode, so",
+        "    BatchNorm and Dropout are not the cause.",
+        "fix: flatten with nn.Flatten() or x.flatten(1), and use transpose/permute to move dims.",
+    ]
+    return "\n".join([*lines, "", str(report)])
