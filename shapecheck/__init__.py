@@ -4,11 +4,11 @@
 the layer that failed, why, and a fix verified by re-running the model with it.
 """
 
-from typing import TYPE_CHECKING
+import typing as _typing
 
 from ._errors import ShapecheckError, ShapeError, UsageError
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._clarify import clarify
     from ._explain import explain
     from ._records import Diagnosis, Failure, Layer, TensorInfo

@@ -61,7 +61,7 @@ class clarify(ContextDecorator):
             return
         self._depth -= 1
         error = sys.exc_info()[1] if output is None else None
-        if self._depth == 0 and isinstance(error, Exception):
+        if self._depth == 0 and isinstance(error, Exception) and not _tracing():
             self._annotate(error, module, args)
 
     def _annotate(self, error: Exception, module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -79,3 +79,13 @@ class clarify(ContextDecorator):
             self._busy = False
         if report.failure is not None:
             add_note(error, "shapecheck: the forward pass, layer by layer\n" + str(report))
+
+
+def _tracing() -> bool:
+    """True inside a forward that explain() runs itself: its report holds that error."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    from ._trace import _FunctionMode
+
+    stack = _get_current_function_mode_stack()  # type: ignore[no-untyped-call]
+    return any(isinstance(mode, _FunctionMode) for mode in stack)

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.func import functional_call
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_map
 
 __all__ = ["DryRun", "is_meta_model"]
@@ -55,18 +56,29 @@ class DryRun:
         if self.target is None and is_meta_model(model):
             self.target = torch.device("meta")
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        state = {name: self._fake(mode, t) for name, t in _named_state(model)}
+        fakes: dict[int, torch.Tensor] = {}  # one fake per tensor: tied weights stay tied
+        for _, t in _named_state(model):
+            if id(t) not in fakes:
+                fakes[id(t)] = self._fake(mode, t)
+        state = {name: fakes[id(t)] for name, t in _named_state(model)}
         fake_args, fake_kwargs = tree_map(
             lambda v: self._fake(mode, v) if isinstance(v, torch.Tensor) else v, (args, kwargs)
         )
         level = _FAKE_LOGGER.level
         _FAKE_LOGGER.setLevel(logging.CRITICAL)  # fake mode logs every failing meta kernel
+        lazy = [m for m in model.modules() if isinstance(m, LazyModuleMixin)]
+        for module in lazy:  # explain passes a copy of lazy models; materialise its weights
+            module.initialize_parameters = _outside_fake(  # type: ignore[method-assign]
+                module.initialize_parameters)  # fmt: skip
         try:
             with mode:
-                yield (lambda *a, **k: functional_call(model, state, a, k, strict=False)), \
+                yield (lambda *a, **k: functional_call(model, state, a, k, strict=False,
+                                                       tie_weights=False)), \
                     fake_args, fake_kwargs  # fmt: skip
         finally:
             _FAKE_LOGGER.setLevel(level)
+            for module in lazy:
+                vars(module).pop("initialize_parameters", None)
 
     def _fake(self, mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
         target = self.target
@@ -82,5 +94,25 @@ class DryRun:
         return fake
 
 
+def _outside_fake(initialize: Callable[..., None]) -> Callable[..., None]:
+    """Lazy weights made inside fake mode end up half fake; make them real (reads shapes only)."""
+
+    def materialise(*args: Any, **kwargs: Any) -> None:
+        with unset_fake_temporarily(), torch.no_grad():
+            initialize(*args, **kwargs)
+
+    return materialise
+
+
 def _named_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*model.named_parameters(), *model.named_buffers()]
+    """Every (module, attribute) slot once, tied tensors under each owner's name.
+
+    functional_call's own tie_weights swaps a module shared at several paths once per path and
+    restores in the same order, leaving fakes in the model; here each slot is swapped once.
+    """
+    return [
+        (f"{prefix}.{name}" if prefix else name, t)
+        for prefix, module in model.named_modules()
+        for name, t in (*module._parameters.items(), *module._buffers.items())
+        if t is not None
+    ]

@@ -11,7 +11,10 @@ from torch import nn
 from ._dry import is_meta_model
 from ._errors import UsageError
 from ._fixes import Applied
+from ._flops import FlopCounter
 from ._inputs import make_inputs, parse_device, require_module
+from ._loss import loss_hooks, loss_module
+from ._memory import SavedTensors, check_optimizer, training_memory
 from ._params import param_totals
 from ._repair import diagnose, warn
 from ._report import Report
@@ -20,6 +23,8 @@ from ._trace import run_trace
 __all__ = ["explain"]
 
 
+# The global RNG is put back as found: fixes build new modules (nn.Linear draws its init)
+@torch.random.fork_rng(devices=[])
 def explain(
     model: nn.Module,
     *inputs: Any,
@@ -28,6 +33,10 @@ def explain(
     device: str | torch.device | None = None,
     depth: int | None = None,
     dry_run: bool = False,
+    loss_fn: Any = None,
+    target: Any = None,
+    flops: bool = False,
+    optimizer: str | None = None,
     **forward_kwargs: Any,
 ) -> Report:
     """Run one forward pass of ``model`` and report every layer's shapes, and why it failed.
@@ -44,6 +53,12 @@ def explain(
             lacks (``"cuda"``), which is then simulated.
         depth: fold table rows deeper than this when printing.
         dry_run: run on fake tensors: no activation memory, no compute.
+        loss_fn: a loss module or function ``(output, target)``, traced after the forward under
+            the path ``"loss"``; its failures are diagnosed too.
+        target: the target passed to ``loss_fn``.
+        flops: count forward FLOPs per layer (torch's FlopCounterMode formulas).
+        optimizer: ``"sgd"``, ``"sgd-momentum"``, ``"adam"`` or ``"adamw"``: run with
+            autograd on and estimate one training step's memory (``report.training_memory``).
         **forward_kwargs: keyword arguments for the model's forward.
 
     Example:
@@ -57,8 +72,10 @@ def explain(
         (False, '6', 'missing-flatten')
     """
     model = require_module(model)
+    loss, labels = loss_module(loss_fn), target  # `target` names the device below
     target = parse_device(device)
     _check_depth(depth)
+    optimizer = check_optimizer(optimizer)
     dry_run = bool(dry_run) or is_meta_model(model)
     if target is not None and not dry_run and not _available(target):
         raise UsageError(
@@ -67,20 +84,27 @@ def explain(
         )
     place = target if target is not None and _available(target) else None
     args = make_inputs(inputs, input_size, dtypes, place)
-    values = make_inputs(tuple(forward_kwargs.values()), None, None, place)
+    values = make_inputs(tuple(forward_kwargs.values()), None, None, place, arguments=True)
     kwargs = dict(zip(forward_kwargs, values, strict=True))
     traced = _traceable(model)
-    trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=target)
-    base = Applied(traced, args, kwargs)
+    counter = FlopCounter() if flops else None
+    saved = SavedTensors(traced) if optimizer is not None else None
+    trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=target, flops=counter,
+                      grad=saved is not None, contexts=[saved] if saved else [],
+                      **loss_hooks(loss, labels))  # fmt: skip
+    base = Applied(traced, args, kwargs, target=labels)
     totals = param_totals(traced)
     return Report(
         model_type=type(model).__name__, layers=trace.layers, failure=trace.failure,
-        diagnoses=diagnose(base, trace, target) if trace.failure else [],
+        diagnoses=diagnose(base, trace, target, loss=loss) if trace.failure else [],
         warnings=[] if trace.failure else warn(traced, args, kwargs, trace),
         inputs=trace.inputs, outputs=trace.outputs,
         total_params=totals.total, trainable_params=totals.trainable,
         param_bytes_by_dtype=totals.bytes_by_dtype, buffer_count=totals.buffer_count,
-        buffer_bytes=totals.buffer_bytes, dry_run=dry_run, depth=depth,
+        buffer_bytes=totals.buffer_bytes, dry_run=trace.dry_run, depth=depth,
+        total_flops=None if counter is None else counter.total,
+        training_memory=None if saved is None or optimizer is None
+        else training_memory(traced, saved, optimizer),
     )  # fmt: skip
 
 

@@ -6,8 +6,9 @@ model is never changed outside that block, and every swap is undone in ``finally
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +18,9 @@ from torch import nn
 from ._trace import Rewrite
 
 __all__ = [
-    "Applied", "Fix", "InsertModule", "ReplaceModule", "RewriteCall", "TransformInput",
-    "WrapModuleInput", "swapped",
+    "Applied", "ConvertModel", "ConvertTarget", "Fix", "InsertModule", "ReplaceModule",
+    "RewriteCall", "SetAttribute", "Together", "TransformInput", "TransformOutput",
+    "WrapModuleArgs", "WrapModuleInput", "swapped",
 ]  # fmt: skip
 
 
@@ -144,3 +146,134 @@ class RewriteCall(Fix):
     def applied(self, base: Applied) -> Iterator[Applied]:
         rewrites = {**base.rewrites, (self.source, self.name): self.replacement}
         yield Applied(base.model, base.args, base.kwargs, rewrites, base.target)
+
+
+@dataclass(frozen=True)
+class ConvertTarget(Fix):
+    """Convert the loss target (e.g. one-hot masks to class indices with ``argmax(1)``)."""
+
+    transform: Callable[[Any], Any] = lambda t: t
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        target = self.transform(base.target)
+        yield Applied(base.model, base.args, base.kwargs, base.rewrites, target)
+
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class SetAttribute(Fix):
+    """Set attribute ``name`` of the module at ``owner`` to ``make(old value)`` for the re-run.
+
+    A module value is registered as a child (as ``self.name = nn.ModuleList(...)`` would), so it
+    also reaches attributes that ``_modules`` does not hold, like a plain Python list of layers.
+    """
+
+    owner: str = ""
+    name: str = ""
+    make: Callable[[Any], Any] = lambda old: old
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        module = base.model.get_submodule(self.owner)
+        saved = (module._modules.get(self.name, _MISSING),
+                 module.__dict__.get(self.name, _MISSING))  # fmt: skip
+        old = getattr(module, self.name)
+        try:
+            module.__dict__.pop(self.name, None)
+            module._modules.pop(self.name, None)
+            setattr(module, self.name, self.make(old))
+            yield Applied(base.model, base.args, base.kwargs, base.rewrites, base.target)
+        finally:
+            _restore_attribute(module, self.name, *saved)
+
+
+def _restore_attribute(module: nn.Module, name: str, child: Any, plain: Any) -> None:
+    module._modules.pop(name, None)
+    module._parameters.pop(name, None)
+    module.__dict__.pop(name, None)
+    if child is not _MISSING:
+        module._modules[name] = child
+    if plain is not _MISSING:
+        module.__dict__[name] = plain
+
+
+class _BeforeArgs(nn.Module):
+    """Rewrites all arguments, then calls the wrapped module (only inside a fix's re-run)."""
+
+    def __init__(self, transform: Callable[..., tuple[Any, Any]], inner: nn.Module) -> None:
+        super().__init__()
+        self.transform = transform
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = self.transform(args, kwargs)
+        return self.inner(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class WrapModuleArgs(Fix):
+    """Rewrite every argument of the module at ``path``: ``(args, kwargs) -> (args, kwargs)``."""
+
+    path: str = ""
+    transform: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, Any]] = (
+        lambda args, kwargs: (args, kwargs)
+    )
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        inner = base.model.get_submodule(self.path)
+        with swapped(base.model, self.path, _BeforeArgs(self.transform, inner)) as model:
+            yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
+
+
+class _After(nn.Module):
+    """Calls the wrapped module, then transforms its output (only inside a fix's re-run)."""
+
+    def __init__(self, inner: nn.Module, transform: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.transform = transform
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.transform(self.inner(*args, **kwargs))
+
+
+@dataclass(frozen=True)
+class TransformOutput(Fix):
+    """Transform the model's output before the loss sees it (``out.transpose(1, 2)``, say)."""
+
+    transform: Callable[[Any], Any] = lambda out: out
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        wrapped = _After(base.model, self.transform)
+        yield Applied(wrapped, base.args, base.kwargs, base.rewrites, base.target)
+
+
+@dataclass(frozen=True)
+class ConvertModel(Fix):
+    """Re-run a converted copy of the whole model (``model.double()``); the model stays as is."""
+
+    convert: Callable[[nn.Module], nn.Module] = lambda model: model
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        model = self.convert(copy.deepcopy(base.model))
+        yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
+
+
+@dataclass(frozen=True)
+class Together(Fix):
+    """Several fixes applied at once (one change in several places, like two lists to register)."""
+
+    parts: tuple[Fix, ...] = ()
+
+    @contextmanager
+    def applied(self, base: Applied) -> Iterator[Applied]:
+        with ExitStack() as stack:
+            for part in self.parts:
+                base = stack.enter_context(part.applied(base))
+            yield base

@@ -80,22 +80,29 @@ def make_inputs(
     input_size: object,
     dtypes: object,
     device: torch.device | None,
+    *,
+    arguments: bool = False,
 ) -> tuple[Any, ...]:
-    """The positional inputs for one forward pass, validated and placed on ``device``."""
+    """The positional inputs for one forward pass, validated and placed on ``device``.
+
+    A tuple of ints is taken for a mistyped shape only when no tensor is passed with it and
+    ``arguments`` is False (forward kwargs): CTCLoss takes lengths as tuples of ints.
+    """
     if inputs and input_size is not None:
         raise UsageError("pass example inputs or input_size=, not both.")
     if input_size is not None:
         return _from_sizes(input_size, dtypes, device)
     if dtypes is not None:
         raise UsageError("dtypes= only applies together with input_size=.")
+    shapes_meant = not arguments and not tensors_in(list(inputs))
     for position, item in enumerate(inputs):
-        _check_input(item, f"input {position}")
+        _check_input(item, f"input {position}", shapes_meant)
     if device is None:
         return tuple(inputs)
     return tuple(_to_device(item, device) for item in inputs)
 
 
-def _check_input(item: object, where: str) -> None:
+def _check_input(item: object, where: str, shapes_meant: bool = True) -> None:
     if isinstance(item, (torch.Tensor, *_PASS_THROUGH)):
         return
     if type(item).__module__ == "numpy":
@@ -103,17 +110,22 @@ def _check_input(item: object, where: str) -> None:
             f"{where} is a numpy {type(item).__name__}; convert it with torch.from_numpy(x) "
             "(and .float() for images)."
         )
-    if isinstance(item, (tuple, list)) and item and all(type(v) is int for v in item):
+    if (
+        shapes_meant
+        and isinstance(item, (tuple, list))
+        and item
+        and all(type(v) is int for v in item)
+    ):
         raise UsageError(
             f"{where} is a {type(item).__name__} of ints {tuple(item)}; to describe a shape, "
             f"pass input_size={tuple(item)} instead of an example tensor."
         )
     if isinstance(item, Mapping):
         for key, value in item.items():
-            _check_input(value, f"{where}[{key!r}]")
+            _check_input(value, f"{where}[{key!r}]", shapes_meant)
     elif isinstance(item, (tuple, list)):
         for position, value in enumerate(item):
-            _check_input(value, f"{where}[{position}]")
+            _check_input(value, f"{where}[{position}]", shapes_meant)
 
 
 def _to_device(item: object, device: torch.device) -> object:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -11,12 +12,15 @@ from ._source import short
 from ._text import count, nbytes, shapes
 
 if TYPE_CHECKING:
+    from ._memory import TrainingMemory
     from ._report import Report
 
 __all__ = ["render_html", "render_report", "render_table"]
 
 WIDTH = 100
 _COLUMNS = (("layer", 44), ("input", 20), ("output", 20), ("params", 10))
+# with FLOPs counted, the other columns give up 10 characters so the table still fits WIDTH
+_FLOPS_COLUMNS = (("layer", 40), ("input", 18), ("output", 18), ("params", 10), ("FLOPs", 7))
 _FAILED = "✗ raised"
 
 
@@ -38,6 +42,26 @@ def _cells(layer: Layer) -> tuple[str, str, str, str]:
     return _name(layer), shapes(layer.input_shapes), output, params
 
 
+def _si(n: int) -> str:
+    """``950``, ``1.51M``, ``8.18G``: three digits, so the column stays narrow."""
+    for unit, scale in (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def _row_cells(layer: Layer, flops: bool) -> tuple[str, ...]:
+    if not flops:
+        return _cells(layer)
+    counted = "" if layer.flops is None or (layer.kind == "function" and not layer.flops) \
+        else _si(layer.flops)  # fmt: skip
+    return (*_cells(layer), counted)
+
+
+def _columns(report: Report) -> tuple[tuple[str, int], ...]:
+    return _COLUMNS if report.total_flops is None else _FLOPS_COLUMNS
+
+
 def _visible(report: Report) -> list[Layer]:
     if report.depth is None:
         return report.layers
@@ -46,15 +70,15 @@ def _visible(report: Report) -> list[Layer]:
 
 def render_table(report: Report) -> str:
     """The layer table: path and type, input and output shapes, parameters owned directly."""
-    (h_name, w_name), (h_in, w_in), (h_out, w_out), (h_par, w_par) = _COLUMNS
+    columns = _columns(report)
 
-    def row(name: str, inp: str, out: str, par: str) -> str:
-        line = f"{_fit(name, w_name):<{w_name}} {_fit(inp, w_in):<{w_in}} " \
-               f"{_fit(out, w_out):<{w_out}} {par:>{w_par}}"  # fmt: skip
-        return line.rstrip()
+    def row(*cells: str) -> str:
+        left = [f"{_fit(c, w):<{w}}" for c, (_, w) in zip(cells[:3], columns[:3], strict=True)]
+        right = [f"{c:>{w}}" for c, (_, w) in zip(cells[3:], columns[3:], strict=True)]
+        return " ".join(left + right).rstrip()
 
-    lines = [row(h_name, h_in, h_out, h_par), "─" * (w_name + w_in + w_out + w_par + 3)]
-    lines += [row(*_cells(layer)) for layer in _visible(report)]
+    lines = [row(*(h for h, _ in columns)), "─" * (sum(w for _, w in columns) + len(columns) - 1)]
+    lines += [row(*_row_cells(layer, report.total_flops is not None)) for layer in _visible(report)]
     return "\n".join(lines)
 
 
@@ -71,11 +95,26 @@ def render_totals(report: Report) -> str:
                      f"{nbytes(report.buffer_bytes)}")  # fmt: skip
     if report.total_flops is not None:
         lines.append(f"flops      {count(report.total_flops)} forward")
+    if report.training_memory is not None:
+        lines += _memory_lines(report.training_memory)
     mode = "dry run (fake tensors)" if report.dry_run else "real forward"
     output = shapes(report.output_shapes) if report.ok else "— (the forward raised)"
     kinds = " ".join(dict.fromkeys(f"{t.dtype} {t.device}" for t in report.inputs))
     lines.append(f"input      {shapes(report.input_shapes)} {kinds} → output {output}   [{mode}]")
     return "\n".join(lines)
+
+
+def _memory_lines(memory: TrainingMemory) -> list[str]:
+    parts = [f"params {nbytes(memory.params)}", f"grads {nbytes(memory.grads)}",
+             f"optimizer state {nbytes(memory.optimizer_state)}",
+             f"saved for backward {nbytes(memory.saved)}"]  # fmt: skip
+    if memory.buffers:
+        parts.append(f"buffers {nbytes(memory.buffers)}")
+    glued = [p.replace(" ", "\u00a0") for p in parts]  # wrap between parts, never inside one
+    head = f"training   ≈ {nbytes(memory.total)} per step with {memory.optimizer}: "
+    text = head + " + ".join(glued) + " (allocator overhead and workspaces not included)"
+    lines = textwrap.wrap(text, WIDTH, subsequent_indent=" " * 11)
+    return [line.replace("\u00a0", " ") for line in lines]
 
 
 def render_failure(report: Report) -> str:
@@ -109,23 +148,31 @@ def render_failure(report: Report) -> str:
     return "\n".join(lines)
 
 
+_GLUE = "\u00a0"  # textwrap splits on ASCII whitespace only
+_TUPLE = re.compile(r"\((?:-?\d+|\*)(?:, (?:-?\d+|\*))+,?\)")
+
+
 def _wrapped(message: str) -> list[str]:
     """Message lines folded to the width; continuation lines indented under their label."""
     lines = []
     for line in message.splitlines():
         indent = " " * (len(line) - len(line.lstrip()) + (10 if line.startswith("  ") else 4))
-        lines += textwrap.wrap(line, WIDTH, subsequent_indent=indent, break_long_words=False,
+        glued = _TUPLE.sub(lambda m: m.group(0).replace(" ", _GLUE), line)  # keep shapes whole
+        folded = textwrap.wrap(glued, WIDTH, subsequent_indent=indent, break_long_words=False,
                                break_on_hyphens=False) or [""]  # fmt: skip
+        lines += [part.replace(_GLUE, " ") for part in folded]
     return lines
 
 
 def render_warnings(report: Report) -> str:
-    return "\n".join(f"warning ({w.rule}): {w.message}" for w in report.warnings)
+    return "\n".join(line for w in report.warnings  # folded like failures: 100 columns
+                     for line in _wrapped(f"warning ({w.rule}): {w.message}"))  # fmt: skip
 
 
 def render_report(report: Report) -> str:
     """Table, totals, then the failure and its diagnoses, in at most 100 columns."""
-    parts = [f"shapecheck: {report.model_type}", render_table(report), "", render_totals(report)]
+    totals = "\n".join(_wrapped(render_totals(report)))  # many inputs make a long input line
+    parts = [f"shapecheck: {report.model_type}", render_table(report), "", totals]
     for section in (render_failure(report), render_warnings(report)):
         if section:
             parts += ["", section]
@@ -134,13 +181,13 @@ def render_report(report: Report) -> str:
 
 def render_html(report: Report) -> str:
     """A notebook view: the table as HTML, the rest as preformatted text."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in _COLUMNS)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h, _ in _columns(report))
     body = []
     for layer in _visible(report):
-        name, inp, out, par = (html.escape(c) for c in _cells(layer))
+        name, *rest = (html.escape(c) for c in _row_cells(layer, report.total_flops is not None))
         style = ' style="color:#b00"' if layer.failed else ""
         body.append(f"<tr{style}><td style='text-align:left;white-space:pre'>{name}</td>"
-                    f"<td>{inp}</td><td>{out}</td><td>{par}</td></tr>")  # fmt: skip
+                    + "".join(f"<td>{c}</td>" for c in rest) + "</tr>")  # fmt: skip
     tail = "\n\n".join(p for p in (render_totals(report), render_failure(report),
                                    render_warnings(report)) if p)  # fmt: skip
     return (f"<div><b>shapecheck: {html.escape(report.model_type)}</b><table><thead><tr>{head}"

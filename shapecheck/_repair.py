@@ -18,6 +18,7 @@ from torch._subclasses.fake_tensor import (
 
 from ._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
 from ._fixes import Applied
+from ._loss import loss_hooks
 from ._records import Diagnosis
 from ._text import shapes
 from ._trace import Trace, run_trace
@@ -32,23 +33,34 @@ _FAKE_LIMITS = (
 )  # fmt: skip
 
 
-def rerun(applied: Applied, device: torch.device | None) -> Trace:
-    """Dry re-run; a real one where fake tensors cannot run an op (data-dependent shapes)."""
-    trace = run_trace(applied.model, applied.args, applied.kwargs, dry_run=True, device=device,
-                      rewrites=applied.rewrites)  # fmt: skip
-    if trace.failure is not None and isinstance(trace.failure.exception, _FAKE_LIMITS):
+def rerun(
+    applied: Applied, device: torch.device | None, loss: nn.Module | None = None, real: bool = False
+) -> Trace:
+    """Dry re-run (with the loss, if any); a real one where fake tensors cannot run an op
+    (data-dependent shapes) or cannot see the failure (index values), as ``real`` says."""
+    hooks = loss_hooks(loss, applied.target)
+    trace = None if real else run_trace(
+        applied.model, applied.args, applied.kwargs, dry_run=True, device=device,
+        rewrites=applied.rewrites, **hooks)  # fmt: skip
+    if trace is None or (trace.failure is not None
+                         and isinstance(trace.failure.exception, _FAKE_LIMITS)):  # fmt: skip
         trace = run_trace(applied.model, applied.args, applied.kwargs, dry_run=False,
-                          rewrites=applied.rewrites)  # fmt: skip
+                          rewrites=applied.rewrites, **hooks)  # fmt: skip
     return trace
 
 
 def diagnose(
-    base: Applied, trace: Trace, device: torch.device | None, steps: int = MAX_STEPS
+    base: Applied,
+    trace: Trace,
+    device: torch.device | None,
+    steps: int = MAX_STEPS,
+    loss: nn.Module | None = None,
 ) -> list[Diagnosis]:
     """Diagnoses of ``trace``'s failure, verified ones first."""
-    ctx = Context(trace, base.model, base.args, base.kwargs)
+    ctx = Context(trace, base.model, base.args, base.kwargs, loss=loss, target=base.target)
     findings = find(ctx, FAILURE_RULES)[:MAX_CANDIDATES]
-    diagnoses = [_verify(finding, base, device, steps) for finding in findings]
+    real = bool(findings) and _data_dependent(base, trace, device, loss)
+    diagnoses = [_verify(finding, base, device, steps, loss, real) for finding in findings]
     return sorted(diagnoses, key=lambda d: not (d.verified or _plan_verified(d)))
 
 
@@ -67,12 +79,27 @@ def _plan_verified(diagnosis: Diagnosis) -> bool:
     )
 
 
-def _verify(finding: Finding, base: Applied, device: torch.device | None, steps: int) -> Diagnosis:
+def _data_dependent(
+    base: Applied, trace: Trace, device: torch.device | None, loss: nn.Module | None
+) -> bool:
+    """A real failure that fake tensors do not reproduce (an index out of range, say): fixes
+    for it can only be verified by real re-runs."""
+    return not trace.dry_run and rerun(base, device, loss).ok
+
+
+def _verify(
+    finding: Finding,
+    base: Applied,
+    device: torch.device | None,
+    steps: int,
+    loss: nn.Module | None = None,
+    real: bool = False,
+) -> Diagnosis:
     with finding.fix.applied(base) as applied:
-        after = rerun(applied, device)
+        after = rerun(applied, device, loss, real)
         then: tuple[Diagnosis, ...] = ()
         if after.failure is not None and steps > 1 and not _same_failure(after, finding):
-            then = tuple(diagnose(applied, after, device, steps - 1)[:1])
+            then = tuple(diagnose(applied, after, device, steps - 1, loss)[:1])
     outputs = after.outputs if after.ok else None
     return Diagnosis(
         rule=finding.rule, path=finding.path,

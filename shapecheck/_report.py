@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._records import Diagnosis, Failure, Layer, Shape, TensorInfo
+
+if TYPE_CHECKING:
+    from ._memory import TrainingMemory
 
 __all__ = ["Report"]
 
@@ -39,6 +42,8 @@ class Report:
     depth: int | None = None
     total_flops: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: one training step's memory by part, when ``explain(..., optimizer=...)`` asked for it
+    training_memory: TrainingMemory | None = None
 
     @property
     def ok(self) -> bool:

@@ -53,6 +53,8 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "buffer_count": report.buffer_count,
         "buffer_bytes": report.buffer_bytes,
         "total_flops": report.total_flops,
+        "training_memory": None if report.training_memory is None
+        else {**asdict(report.training_memory), "total": report.training_memory.total},
         "failure": None if failure is None else {
             "path": failure.path, "type": failure.type,
             "input_shapes": [list(s) for s in failure.input_shapes],

@@ -8,17 +8,23 @@ raises; it never diagnoses and never prints.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    UnsupportedOperatorException,
+)
 from torch.overrides import TorchFunctionMode
 
 from ._describe import describe_arguments, describe_module
 from ._dry import DryRun
+from ._flops import FlopCounter
 from ._inputs import tensors_in
 from ._paths import ModuleFrame, PathIndex
 from ._records import Failure, Layer, TensorInfo
@@ -28,6 +34,10 @@ __all__ = ["Rewrite", "Trace", "run_trace"]
 
 #: Replaces one functional call during a re-run: (args, kwargs) -> result.
 Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+_FAKE_LIMITS = (
+    DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException,
+)  # fmt: skip
 
 # Calls that read metadata or only move bytes: never rows in the table.
 _BOOKKEEPING = frozenset({
@@ -87,6 +97,8 @@ class _Row:
     arguments: str = ""
     outputs: tuple[TensorInfo, ...] = ()
     failed: bool = False
+    flops_start: int | None = None
+    flops: int | None = None
 
 
 class _Recorder:
@@ -108,14 +120,29 @@ class _Recorder:
         self.stack: list[ModuleFrame] = []
         self.events: list[tuple[BaseException, int]] = []
         self.busy = False
+        self.counter: FlopCounter | None = None
+
+    def _flops_now(self) -> int | None:
+        # one running total, read at the start and end of each call: O(1) per call
+        return None if self.counter is None else self.counter.total
+
+    def _flops_end(self, row: _Row) -> None:
+        if self.counter is not None and row.flops_start is not None:
+            row.flops = self.counter.total - row.flops_start
 
     def infos(self, obj: object) -> tuple[TensorInfo, ...]:
         alias = self.device_alias
-        return tuple(
-            TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch."),
-                       alias.get(str(t.device), str(t.device)), t.requires_grad)
-            for t in tensors_in(obj)
-        )  # fmt: skip
+        # Our own reads of .shape/.dtype pass through the function mode too; marking them busy
+        # keeps them from being recorded (a hot spot: ~10 such reads per module call).
+        busy, self.busy = self.busy, True
+        try:
+            return tuple(
+                TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch."),
+                           alias.get(str(t.device), str(t.device)), t.requires_grad)
+                for t in tensors_in(obj)
+            )  # fmt: skip
+        finally:
+            self.busy = busy
 
     def _add(self, row: _Row) -> int:
         self.rows.append(row)
@@ -126,12 +153,14 @@ class _Recorder:
         if self.busy:
             return
         parent = self.stack[-1] if self.stack else None
-        params, trainable = self.owned.get(id(module), (0, 0))
+        owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
+        params, trainable = owned or _owned_counts([module]).get(id(module), (0, 0))
         row = self._add(_Row(
             path=self.paths.path_of(module, parent), kind="module",
             type=type(module).__name__, depth=len(self.stack),
             inputs=self.infos((args, kwargs)), params=params, trainable=trainable,
             summary=describe_module(module), parent=parent.row if parent else None,
+            flops_start=self._flops_now(),
         ))  # fmt: skip
         self.module_at[row] = module
         records = not type(module).__module__.startswith("torch.")
@@ -148,6 +177,7 @@ class _Recorder:
         frame = self.stack[position]
         del self.stack[position:]
         row = self.rows[frame.row]
+        self._flops_end(row)
         error = sys.exc_info()[1] if output is None else None
         if error is not None:
             row.failed = True
@@ -176,13 +206,16 @@ class _Recorder:
             path=frame.path, kind="function", type=name, depth=len(self.stack),
             inputs=self.infos((args, kwargs)), params=0, trainable=0,
             summary=f"{name}({arguments})", parent=frame.row, source=source, arguments=arguments,
+            flops_start=self._flops_now(),
         )  # fmt: skip
         try:
             result = rewrite(args, kwargs) if rewrite else func(*args, **kwargs)
         except Exception as error:
             row.failed = True
+            self._flops_end(row)
             self.events.append((error, self._add(row)))
             raise
+        self._flops_end(row)
         row.outputs = self.infos(result)
         if row.outputs:
             self._add(row)
@@ -221,16 +254,19 @@ def _hooks(modules: list[nn.Module], recorder: _Recorder) -> Iterator[None]:
 
 
 def _owned_counts(modules: list[nn.Module]) -> dict[int, tuple[int, int]]:
-    """Parameters each module owns directly: (all, trainable); lazy ones count 0."""
+    """Parameters each module owns directly: (all, trainable); lazy ones are left out."""
     counts = {}
     for module in modules:
         total = trainable = 0
         for p in module._parameters.values():
-            if p is None or isinstance(p, nn.parameter.UninitializedParameter):
+            if isinstance(p, nn.parameter.UninitializedParameter):
+                break
+            if p is None:
                 continue
             total += p.numel()
             trainable += p.numel() if p.requires_grad else 0
-        counts[id(module)] = (total, trainable)
+        else:
+            counts[id(module)] = (total, trainable)
     return counts
 
 
@@ -265,14 +301,20 @@ def run_trace(
     rewrites: Mapping[tuple[str, str], Rewrite] | None = None,
     extra: dict[str, nn.Module] | None = None,
     call: Callable[[Any], Any] | None = None,
+    flops: FlopCounter | None = None,
+    grad: bool = False,
+    contexts: Sequence[AbstractContextManager[Any]] = (),
 ) -> Trace:
     """Run one forward pass of ``model`` and record it; never raises for the model's errors.
 
     ``call``, when given, receives the model's output and runs more code under the same trace
-    (the loss, say); its modules are named by ``extra``.
+    (the loss, say); its modules are named by ``extra``. ``flops`` counts FLOPs per call;
+    ``grad`` runs with autograd on (to see what it saves) and ``contexts`` are entered inside
+    the dry run's fake mode, just before the forward.
     """
     modules = list(model.modules()) + list((extra or {}).values())
     dry = DryRun(device) if dry_run else None
+    given = (args, kwargs)  # real inputs, for a real run where fake tensors cannot go on
     recorder = _Recorder(
         PathIndex(model, extra), _owned_counts(modules),
         dry.device_alias if dry else {}, rewrites or {},
@@ -283,13 +325,16 @@ def run_trace(
     model_inputs: tuple[TensorInfo, ...] = ()
     try:
         with ExitStack() as stack:
-            stack.enter_context(torch.no_grad())
+            stack.enter_context(torch.set_grad_enabled(grad))
             forward: Callable[..., Any] = model
             if dry is not None:
                 forward, args, kwargs = stack.enter_context(dry.prepare(model, args, kwargs))
             recorder.busy = True
             model_inputs = recorder.infos((args, kwargs))
             recorder.busy = False
+            for context in (*contexts, *([flops] if flops is not None else [])):
+                stack.enter_context(context)
+            recorder.counter = flops
             stack.enter_context(_hooks(modules, recorder))
             stack.enter_context(_FunctionMode(recorder))
             output = forward(*args, **kwargs)
@@ -299,7 +344,17 @@ def run_trace(
         error = exc
     finally:
         restore()
+    if dry is not None and _fake_cannot(error, dry) and flops is None and not contexts:
+        return run_trace(model, *given, dry_run=False, rewrites=rewrites, extra=extra, call=call,
+                         grad=grad)  # fmt: skip
     return _finish(model, recorder, model_inputs, output, error, dry_run)
+
+
+def _fake_cannot(error: Exception | None, dry: DryRun) -> bool:
+    """Fake tensors cannot run data-dependent ops (``.item()``, mask checks, CTC); a real run
+    can, unless the device is only simulated or the weights live on meta."""
+    simulated = bool(dry.device_alias) or (dry.target is not None and dry.target.type == "meta")
+    return isinstance(error, _FAKE_LIMITS) and not simulated
 
 
 def _finish(
@@ -314,7 +369,7 @@ def _finish(
         Layer(index=i, path=r.path, kind=r.kind, type=r.type, depth=r.depth,  # type: ignore[arg-type]
               inputs=r.inputs, outputs=r.outputs, params=r.params, trainable=r.trainable,
               summary=r.summary, parent=r.parent, failed=r.failed, source=r.source,
-              arguments=r.arguments)
+              arguments=r.arguments, flops=r.flops)
         for i, r in enumerate(recorder.rows)
     ]  # fmt: skip
     failure = None if error is None else _failure(model, recorder, layers, inputs, error)

@@ -37,6 +37,8 @@ class Context:
     model: nn.Module
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    loss: nn.Module | None = None  # the loss traced after the forward, if any
+    target: Any = None  # what the loss was given as its target
 
     @property
     def failure(self) -> Failure | None:

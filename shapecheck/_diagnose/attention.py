@@ -1,0 +1,127 @@
+"""``attention-dim``: MultiheadAttention given another embedding size, layout or key shape."""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .._fixes import Fix, ReplaceModule
+from .._records import Layer
+from .._text import shape
+from ._context import Context, Finding
+from ._entry import at_entry
+from ._words import got_line, headline, pytorch_line
+
+__all__ = ["attention_dim"]
+
+
+def attention_dim(ctx: Context) -> list[Finding]:
+    """Query/key/value sizes against embed_dim, kdim/vdim and batch_first."""
+    layer, failure = ctx.failed_layer(), ctx.failure
+    module = ctx.module(layer) if layer is not None else None
+    if layer is None or failure is None or not isinstance(module, nn.MultiheadAttention):
+        return []
+    if len(layer.inputs) < 1:
+        return []
+    q = layer.inputs[0].shape
+    if q[-1] != module.embed_dim:
+        return [_embed(ctx, layer, module, q)]
+    if len(layer.inputs) >= 3:
+        k, v = layer.inputs[1].shape, layer.inputs[2].shape
+        if k[-1] != module.kdim or v[-1] != module.vdim:
+            return [_key_value(ctx, layer, module, k, v)]
+    return _layout(ctx, layer, module, q)
+
+
+def _body(ctx: Context, layer: Layer, expected: str, cause: str) -> str:
+    assert ctx.failure is not None
+    return "\n".join(
+        [
+            headline(layer),
+            got_line(layer, ctx.producer(layer)),
+            expected,
+            pytorch_line(ctx.failure),
+            cause,
+        ]
+    )
+
+
+def _embed(
+    ctx: Context, layer: Layer, module: nn.MultiheadAttention, q: tuple[int, ...]
+) -> Finding:
+    e = module.embed_dim
+    layout = "(N, L, E)" if module.batch_first else "(L, N, E)"
+    expected = f"  expected  {layout} with E = embed_dim = {e}"
+    if len(q) == 2 and q[-1] % e == 0 and q[-1] > e:
+        steps = q[-1] // e
+        cause = (
+            f"cause: the last dim {q[-1]} = {steps}*{e}: a sequence of {steps} tokens of "
+            f"{e} features was flattened into one vector per sample"
+        )
+        if not module.batch_first:
+            cause += (
+                f"; this layer has batch_first=False, so (N, {steps}, {e}) "
+                "also needs batch_first=True"
+            )
+        code = f"x = x.view(x.size(0), {steps}, {e})"
+        fix = at_entry(
+            ctx,
+            layer,
+            lambda t: t.view(t.shape[0], steps, e),
+            code,
+            f"unflatten the input into {shape((q[0], steps, e))}",
+        )
+        return Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 1.0)
+    cause = f"cause: the last dim of the query is {q[-1]}, not embed_dim={e}"
+    fix = Fix(summary=f"project the features to {e} first", code=f"nn.Linear({q[-1]}, {e})")
+    return Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 0.9)
+
+
+def _key_value(
+    ctx: Context,
+    layer: Layer,
+    module: nn.MultiheadAttention,
+    k: tuple[int, ...],
+    v: tuple[int, ...],
+) -> Finding:
+    expected = f"  expected  key (*, {module.kdim}), value (*, {module.vdim})   kdim, vdim"
+    cause = (
+        f"cause: key {shape(k)} and value {shape(v)} do not end in "
+        f"kdim={module.kdim}, vdim={module.vdim}"
+    )
+    new = nn.MultiheadAttention(
+        module.embed_dim, module.num_heads, kdim=k[-1], vdim=v[-1], batch_first=module.batch_first
+    )
+    fix = ReplaceModule(
+        summary="build the attention for these key/value sizes",
+        code=f"nn.MultiheadAttention({module.embed_dim}, {module.num_heads}, "
+        f"kdim={k[-1]}, vdim={v[-1]})",
+        path=layer.path,
+        make=lambda: new,
+    )
+    return Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 1.0)
+
+
+def _layout(
+    ctx: Context, layer: Layer, module: nn.MultiheadAttention, q: tuple[int, ...]
+) -> list[Finding]:
+    """Right sizes, wrong order: batch_first flipped makes the sequences line up."""
+    if len(q) != 3 or q[0] == q[1]:
+        return []
+    flipped = copy.copy(module)
+    flipped.batch_first = not module.batch_first
+    layout = "(N, L, E)" if module.batch_first else "(L, N, E)"
+    expected = f"  expected  {layout}   batch_first={module.batch_first}"
+    cause = (
+        f"cause: dims 0 and 1 of {shape(q)} are read as "
+        f"{'batch, sequence' if module.batch_first else 'sequence, batch'}; the other "
+        "tensors (key, value, masks) are laid out the other way"
+    )
+    fix = ReplaceModule(
+        summary=f"set batch_first={not module.batch_first}",
+        code=f"nn.MultiheadAttention(..., batch_first={not module.batch_first})",
+        path=layer.path,
+        make=lambda: flipped,
+    )
+    return [Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 0.8)]

@@ -1,0 +1,132 @@
+"""``cat-mismatch``: torch.cat/stack of tensors whose other dims differ (U-Net skips, say)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from .._fixes import Fix, RewriteCall, TransformInput
+from .._records import Layer
+from .._shapes import halvings, multiple_below
+from .._text import shape
+from ._context import Context, Finding
+from ._entry import model_arg
+from ._words import pytorch_line
+
+__all__ = ["cat_mismatch"]
+
+_JOINS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"})
+
+
+def _made_by(ctx: Context, layer: Layer, wanted: tuple[int, ...]) -> str:
+    for earlier in reversed(ctx.layers[: layer.index]):
+        if earlier.kind == "module" and earlier.path and wanted in earlier.output_shapes:
+            return f"from '{earlier.path}' ({earlier.type})"
+    return ""
+
+
+def _cat_dim(layer: Layer) -> int:
+    text = layer.arguments.replace(" ", "")
+    for part in text.split(","):
+        value = part.removeprefix("dim=")
+        if value.lstrip("-").isdigit():
+            return int(value)
+    return 0
+
+
+def _matched(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, dim: int) -> Any:
+    """The same join after resizing every tensor's other dims to the first one's."""
+    tensors = list(args[0])
+    ref = tensors[0]
+    spatial = ref.shape[2:]
+    fixed = [
+        t if t.shape[2:] == spatial else F.interpolate(t, size=tuple(spatial)) for t in tensors
+    ]
+    return getattr(torch, name)(fixed, *args[1:], **kwargs)
+
+
+def cat_mismatch(ctx: Context) -> list[Finding]:
+    """A cat/stack whose tensors disagree outside the joined dim."""
+    layer, failure = ctx.failed_layer(), ctx.failure
+    if layer is None or failure is None or layer.kind != "function" or layer.type not in _JOINS:
+        return []
+    shapes = [t.shape for t in layer.inputs]
+    if len(shapes) < 2 or len({len(s) for s in shapes}) != 1:
+        return []
+    dim = _cat_dim(layer) % len(shapes[0]) if layer.type in ("cat", "concat", "concatenate") else -1
+    differ = [d for d in range(len(shapes[0])) if d != dim and len({s[d] for s in shapes}) > 1]
+    if not differ:
+        return []
+    owner = ctx.layers[layer.parent] if layer.parent is not None else None
+    lines = [
+        f"'{layer.type}' in '{owner.path if owner else ''}' ({owner.type if owner else '?'}) "
+        f"got tensors that differ outside dim {dim}"
+    ]
+    lines += [f"  got       {shape(s)}   {_made_by(ctx, layer, s)}".rstrip() for s in shapes]
+    lines.append(pytorch_line(failure))
+    sizes = " vs ".join(str(s[differ[0]]) for s in shapes)
+    findings = _size_findings(ctx, layer, shapes, differ, lines, sizes)
+    lines = [
+        *lines,
+        f"cause: dim {differ[0]} is {sizes}; a down/up-sampling path rounded an odd size",
+    ]
+    fix = RewriteCall(
+        summary="resize (or pad/crop) the skip to the other tensor's size before joining",
+        code=f"y = F.interpolate(y, size=x.shape[2:])   # before torch.{layer.type}([x, y], ...)",
+        source=layer.source or "",
+        name=layer.type,
+        replacement=lambda a, k: _matched(a, k, layer.type, dim),
+    )
+    findings.append(Finding("cat-mismatch", failure.path, "\n".join(lines), fix, 0.9))
+    return findings
+
+
+def _size_findings(
+    ctx: Context,
+    layer: Layer,
+    shapes: list[tuple[int, ...]],
+    differ: list[int],
+    lines: list[str],
+    sizes: str,
+) -> list[Finding]:
+    """Inputs whose spatial sizes divide by 2^k: the smallest map decides k."""
+    first = ctx.trace.inputs[0] if ctx.trace.inputs else None
+    position = model_arg(ctx, first) if first is not None else None
+    if first is None or position is None or len(first.shape) not in (3, 4, 5):
+        return []
+    if len(first.shape) != len(shapes[0]):
+        return []
+    spatial = first.shape[2:]
+    maps = [
+        t.outputs[0].shape
+        for t in ctx.layers[: layer.index]
+        if t.outputs and len(t.outputs[0].shape) == len(first.shape)
+    ] or [first.shape]
+    smallest = [min(m[d] for m in maps) for d in range(2, len(first.shape))]
+    k = max(halvings(s, m) for s, m in zip(spatial, smallest, strict=True))
+    factor = 2**k
+    if k == 0 or all(s % factor == 0 for s in spatial):
+        return []
+    size = tuple(multiple_below(s, factor) for s in spatial)
+    cause = (
+        f"cause: dim {differ[0]} is {sizes}: the input {shape(spatial)} is halved {k} times, "
+        f"and {', '.join(sorted({str(s) for s in spatial if s % factor}))} is not a multiple of "
+        f"2^{k} = {factor}, so a halving rounds down and the way back up cannot match"
+    )
+    fix: Fix = TransformInput(
+        summary=f"use inputs whose sides are multiples of {factor}: {shape(size)}",
+        code=f"x = F.interpolate(x, size={size})   # sides divisible by 2^{k} = {factor}",
+        position=position,
+        transform=lambda t: F.interpolate(t, size=size),
+    )
+    return [
+        Finding(
+            "cat-mismatch",
+            ctx.failure.path if ctx.failure else "",
+            "\n".join([*lines, cause]),
+            fix,
+            1.0,
+        )
+    ]

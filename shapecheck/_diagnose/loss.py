@@ -1,0 +1,136 @@
+"""``loss-target``: a target of the wrong shape, dtype or encoding for its loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .._fixes import ConvertTarget
+from .._loss import LOSS_PATH
+from .._records import Layer, TensorInfo
+from .._text import shape
+from ._context import Context, Finding
+from ._words import pytorch_line
+
+__all__ = ["loss_kind", "loss_row", "loss_target"]
+
+_INDEX_LOSSES = ("CrossEntropyLoss", "NLLLoss", "cross_entropy", "nll_loss")
+_SAME_SHAPE_LOSSES = (
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "MSELoss",
+    "L1Loss",
+    "SmoothL1Loss",
+    "HuberLoss",
+    "mse_loss",
+    "l1_loss",
+    "smooth_l1_loss",
+)
+_INTEGER = ("int64", "int32", "int16", "int8", "uint8")
+
+Convert = tuple[str, str, Callable[[Any], Any]]
+
+
+def loss_row(ctx: Context) -> Layer | None:
+    """The call of the loss (the module traced at ``"loss"``)."""
+    return next((x for x in ctx.layers if x.kind == "module" and x.path == LOSS_PATH), None)
+
+
+def loss_kind(ctx: Context, row: Layer) -> str | None:
+    """``index`` (class ids), ``same`` (target shaped like the output) or None."""
+    name = type(ctx.module(row)).__name__ if ctx.module(row) is not None else row.type
+    if name in _INDEX_LOSSES:
+        return "index"
+    return "same" if name in _SAME_SHAPE_LOSSES else None
+
+
+def _index_convert(o: tuple[int, ...], t: TensorInfo) -> Convert | None:
+    """The conversion to class-index targets (N, d1, …) of int64, for an (N, C, d1, …) output."""
+    s = t.shape
+    if s == o and t.dtype in _INTEGER:
+        return (
+            "one-hot targets: one column per class",
+            "target = target.argmax(dim=1)",
+            lambda y: y.argmax(dim=1),
+        )
+    if len(s) == len(o) and len(s) >= 2 and s[1] == 1 and s[:1] + s[2:] == o[:1] + o[2:]:
+        return (
+            f"the class ids carry an extra dim of size 1: {shape(s)}",
+            "target = target.squeeze(1).long()",
+            lambda y: y.squeeze(1).long(),
+        )
+    if s == o[:1] + o[2:] and t.dtype not in _INTEGER:
+        return (f"class ids stored as {t.dtype}", "target = target.long()", lambda y: y.long())
+    return None
+
+
+def _same_convert(o: tuple[int, ...], t: TensorInfo) -> Convert | None:
+    """The conversion to a float target shaped like the output."""
+    if t.shape == o and t.dtype in _INTEGER:
+        return (
+            f"{t.dtype} targets; this loss needs floats",
+            "target = target.float()",
+            lambda y: y.float(),
+        )
+    n = 1
+    for d in o:
+        n *= d
+    count = 1
+    for d in t.shape:
+        count *= d
+    if t.shape != o and count == n and t.shape[:1] == o[:1]:
+        return (
+            f"the target is {shape(t.shape)}, the output {shape(o)}: same values, other shape",
+            "target = target.float().view_as(output)",
+            lambda y: y.float().reshape(o),
+        )
+    return None
+
+
+def loss_target(ctx: Context) -> list[Finding]:
+    """The loss failed and its target, not the model's output, is what does not fit."""
+    failure = ctx.failure
+    row = loss_row(ctx)
+    if failure is None or failure.path != LOSS_PATH or row is None or len(row.inputs) < 2:
+        return []
+    out, target = row.inputs[0], row.inputs[1]
+    batch = ctx.trace.inputs[0].shape[:1] if ctx.trace.inputs else ()
+    if batch and out.shape[:1] != batch and target.shape[:1] == batch:
+        return []  # the output lost its batch inside the model: not the target's fault
+    kind = loss_kind(ctx, row)
+    convert = (
+        _index_convert(out.shape, target)
+        if kind == "index"
+        else _same_convert(out.shape, target)
+        if kind == "same"
+        else None
+    )
+    if convert is None:
+        return []
+    why, code, transform = convert
+    expected = (
+        f"{shape(out.shape[:1] + out.shape[2:])} int64 class ids"
+        if kind == "index"
+        else f"{shape(out.shape)} float, like the output"
+    )
+    body = "\n".join(
+        [
+            f"loss '{LOSS_PATH}' ({row.type}) cannot take its target",
+            f"  output    {shape(out.shape)} {out.dtype}",
+            f"  got       {shape(target.shape)} {target.dtype}   the target",
+            f"  expected  {expected}",
+            pytorch_line(failure),
+            f"cause: {why}",
+        ]
+    )
+    fix = ConvertTarget(summary="convert the target", code=code, transform=transform)
+    return [Finding("loss-target", LOSS_PATH, body, fix, 1.0)]
+
+
+def is_cross_entropy(module: nn.Module | None) -> bool:
+    """True for CrossEntropyLoss or F.cross_entropy wrapped as a loss module."""
+    return type(module).__name__ in ("CrossEntropyLoss", "cross_entropy")

@@ -1,0 +1,321 @@
+"""explain() on the structures real models have: lazy modules, reuse, nesting, kwargs, errors."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from zoo import SharedTwice, TwoTowers, WithKwargs, capture, tensor_shapes, unique_params
+
+import shapecheck
+
+HERE = os.path.basename(__file__)
+
+
+@pytest.fixture(params=[False, True], ids=["real", "dry"])
+def dry_run(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def _line_of(text: str, func: object) -> int:
+    """The line number of ``text`` in ``func``'s source (so tests do not hard-code lines)."""
+    lines, start = inspect.getsourcelines(func)  # type: ignore[arg-type]
+    return start + next(i for i, line in enumerate(lines) if text in line)
+
+
+# -- lazy modules ---------------------------------------------------------------------------------
+
+
+def test_lazy_model_is_not_modified(dry_run: bool):
+    model = nn.Sequential(nn.LazyConv2d(4, 3), nn.Flatten(), nn.LazyLinear(5))
+    x = torch.randn(2, 3, 6, 6)
+    report = shapecheck.explain(model, x, dry_run=dry_run)
+    assert report.ok, report
+    assert report.output_shapes == [(2, 5)]
+    assert isinstance(model[2], nn.LazyLinear)
+    assert model[2].has_uninitialized_params()
+    assert isinstance(model[0], nn.LazyConv2d)
+    assert model[0].has_uninitialized_params()
+    # what it would have after a real forward, counted on a copy that really ran
+    ran = nn.Sequential(nn.LazyConv2d(4, 3), nn.Flatten(), nn.LazyLinear(5))
+    ran(x)
+    assert report.total_params == unique_params(ran) == (3 * 9 * 4 + 4) + (4 * 4 * 4 * 5 + 5)
+    owned = [layer.params for layer in report.layers if layer.kind == "module"]
+    assert owned == [0, 3 * 9 * 4 + 4, 0, 4 * 4 * 4 * 5 + 5]
+
+
+# -- paths ----------------------------------------------------------------------------------------
+
+
+def test_module_reused_at_several_positions_gets_distinct_paths(dry_run: bool):
+    block = nn.Sequential(nn.Linear(5, 5), nn.Tanh())
+    model = nn.Sequential(block, block, block, nn.Linear(5, 1))
+    report = shapecheck.explain(model, torch.randn(3, 5), dry_run=dry_run)
+    paths = [x.path for x in report.layers if x.kind == "module"]
+    assert paths == ["", "0", "0.0", "0.1", "1", "1.0", "1.1", "2", "2.0", "2.1", "3"]
+    assert report.total_params == 30 + 6  # the shared block counted once
+    assert report.layer("2.0").params == 30  # each row shows what the module owns
+
+
+def test_module_called_twice_gives_two_rows(dry_run: bool):
+    report = shapecheck.explain(SharedTwice(), torch.randn(3, 8), dry_run=dry_run)
+    rows = [(x.path, x.type) for x in report.layers if x.kind == "module"]
+    assert rows == [("", "SharedTwice"), ("proj", "Linear"), ("act", "GELU"), ("proj", "Linear")]
+    assert report.total_params == 72
+
+
+def test_paths_match_named_modules_on_nested_models():
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), nn.ModuleDict({"x": nn.Identity()})
+    )
+    model.forward = lambda x: model[1]["x"](model[0](x))  # type: ignore[method-assign]
+    report = shapecheck.explain(model, torch.randn(1, 1, 5, 5))
+    seen = capture(model, torch.randn(1, 1, 5, 5))
+    assert [(x.path, x.output_shapes) for x in report.layers if x.kind == "module"] == seen.calls
+
+
+# -- nested inputs and outputs, kwargs ------------------------------------------------------------
+
+
+def test_dict_input_and_nested_dict_output(dry_run: bool):
+    batch = {"image": torch.randn(2, 3, 8, 8), "tokens": torch.randint(0, 30, (2, 5))}
+    model = TwoTowers()
+    report = shapecheck.explain(model, batch, dry_run=dry_run)
+    assert report.ok, report
+    real = model(batch)
+    assert report.output_shapes == tensor_shapes(real) == [(2, 3), (2, 16), (2, 16)]
+    assert report.input_shapes == [(2, 3, 8, 8), (2, 5)]
+    assert report.inputs[1].dtype == "int64"
+    cat = next(x for x in report.layers if x.type == "cat")
+    assert (cat.kind, cat.path, cat.input_shapes, cat.output_shapes) == (
+        "function", "", [(2, 16), (2, 16)], [(2, 32)])  # fmt: skip
+
+
+def test_tuple_inputs_and_list_outputs(dry_run: bool):
+    class Pair(nn.Module):
+        def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor]:
+            a, b = pair
+            return [a @ b, torch.stack([a, a.T.T])]
+
+    report = shapecheck.explain(Pair(), (torch.randn(2, 3), torch.randn(3, 4)), dry_run=dry_run)
+    assert report.output_shapes == [(2, 4), (2, 2, 3)]
+    assert [x.type for x in report.layers if x.kind == "function"][:1] == ["matmul"]
+
+
+def test_forward_kwargs_tensor_and_plain(dry_run: bool):
+    model = WithKwargs()
+    x, bias = torch.randn(2, 6), torch.ones(4)
+    report = shapecheck.explain(model, x, scale=0.5, bias=bias, dry_run=dry_run)
+    assert report.ok
+    assert report.output_shapes == [(2, 4)]
+    assert report.input_shapes == [(2, 6), (4,)]
+    assert [x.type for x in report.layers if x.kind == "function"] == ["mul", "add"]
+    # a wrong kwarg shape is a failure of the model, reported, not raised
+    bad = shapecheck.explain(model, x, bias=torch.ones(5), dry_run=dry_run)
+    assert not bad.ok
+    assert bad.failure is not None
+    assert bad.failure.type == "add"
+
+
+def test_int_tuples_next_to_tensors_are_arguments_not_shapes():
+    # CTCLoss takes its lengths as tuples of ints: these are arguments, not shapes
+    log_probs = torch.randn(50, 3, 15).log_softmax(2)
+    targets = torch.randint(1, 15, (3, 30))
+    report = shapecheck.explain(nn.CTCLoss(), log_probs, targets, (50, 50, 50), (30, 25, 20))
+    assert report.ok, report
+    assert report.output_shapes == [()]
+    lengths = shapecheck.explain(WithKwargs(), torch.randn(2, 6), scale=2)
+    assert lengths.ok
+
+
+# -- failures of every kind -----------------------------------------------------------------------
+
+
+class Boom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin(x)
+        raise ValueError("boom")
+
+
+def test_errors_that_are_not_about_shapes_are_reported(dry_run: bool):
+    report = shapecheck.explain(Boom(), torch.randn(2, 4), dry_run=dry_run)
+    assert not report.ok
+    assert report.failure is not None
+    assert isinstance(report.failure.exception, ValueError)
+    assert str(report.failure.exception) == "boom"
+    assert (report.failure.path, report.failure.type) == ("", "Boom")
+    assert report.failure.source == f"{__file__}:{_line_of('boom', Boom.forward)}"
+    assert report.layer("lin").output_shapes == [(2, 4)]  # the table up to the failure
+    text = str(report)
+    assert "ValueError" in text
+    assert "boom" in text
+    assert f"{HERE}:" in text
+
+
+class CatFails(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.inner = nn.Sequential(nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return self.inner(torch.cat([x, y], dim=0))
+
+
+def test_failing_functional_op_is_located_in_its_module(dry_run: bool):
+    x = torch.randn(2, 3)
+    report = shapecheck.explain(CatFails(), x, dry_run=dry_run)
+    seen = capture(CatFails(), x)
+    assert report.failure is not None
+    assert seen.error is not None
+    assert (report.failure.path, report.failure.type) == (seen.failed, "cat") == ("", "cat")
+    assert report.failure.input_shapes == [(2, 3), (2, 4)]
+    assert report.failure.source == f"{__file__}:{_line_of('torch.cat', CatFails.forward)}"
+    assert [x.path for x in report.layers if x.failed] == ["", ""]  # the root and the cat call
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.Linear(5, 2)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_failure_path_is_the_innermost_module(dry_run: bool):
+    x = torch.randn(2, 4)
+    report = shapecheck.explain(Nested(), x, dry_run=dry_run)
+    seen = capture(Nested(), x)
+    assert report.failure is not None
+    assert report.failure.path == seen.failed == "body.1.1"
+    assert [x.path for x in report.layers if x.failed] == ["", "body", "body.1", "body.1.1"]
+
+
+def test_keyboard_interrupt_propagates_and_cleans_up():
+    class Interrupted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise KeyboardInterrupt
+
+    model = Interrupted().train()
+    with pytest.raises(KeyboardInterrupt):
+        shapecheck.explain(model, torch.randn(1, 2))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert model.training
+    assert torch.overrides._get_current_function_mode_stack() == []
+
+
+def test_raise_for_failure_reraises_the_same_object_with_a_note():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(4, 1))
+    report = shapecheck.explain(model, torch.randn(2, 3))
+    assert report.failure is not None
+    with pytest.raises(RuntimeError) as caught:
+        report.raise_for_failure()
+    assert caught.value is report.failure.exception
+    assert any("'1'" in note for note in caught.value.__notes__)
+    ok = shapecheck.explain(nn.Linear(3, 3), torch.randn(2, 3))
+    assert ok.raise_for_failure() is ok
+
+
+def test_to_dict_is_json(dry_run: bool):
+    report = shapecheck.explain(nn.Sequential(nn.Linear(3, 3), nn.Linear(4, 1)),
+                                torch.randn(2, 3), dry_run=dry_run)  # fmt: skip
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["ok"] is False
+    assert data["failure"]["path"] == "1"
+    assert [x["path"] for x in data["layers"]] == ["", "0", "1"]
+
+
+# -- devices --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the simulated device (no GPU here)")
+def test_dry_run_on_a_cuda_input_without_a_gpu():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(8 * 16 * 16, 10))  # fmt: skip
+    report = shapecheck.explain(model, input_size=(1, 3, 32, 32), device="cuda", dry_run=True)
+    assert report.ok, report
+    assert report.dry_run
+    assert [x.output_shapes for x in report.layers] == [
+        [(1, 10)], [(1, 8, 32, 32)], [(1, 8, 16, 16)], [(1, 2048)], [(1, 10)]]  # fmt: skip
+    devices = {t.device for x in report.layers for t in (*x.inputs, *x.outputs)}
+    assert devices == {"cuda"}
+    assert {t.device for t in report.inputs} == {"cuda"}
+    assert next(model.parameters()).device.type == "cpu"
+    with pytest.raises(shapecheck.UsageError, match="dry_run=True"):
+        shapecheck.explain(model, input_size=(1, 3, 32, 32), device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the simulated device (no GPU here)")
+def test_cuda_dry_run_still_diagnoses_the_seed():
+    from shapecheck._demo import seed_model
+
+    report = shapecheck.explain(seed_model(), input_size=(1, 3, 32, 32), device="cuda",
+                                dry_run=True)  # fmt: skip
+    assert report.failure is not None
+    assert report.failure.path == "6"
+    assert report.diagnoses[0].rule == "missing-flatten"
+    assert report.diagnoses[0].verified
+
+
+def test_meta_model_is_dry_run_automatically():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 3))
+    report = shapecheck.explain(model, torch.randn(2, 1000))
+    assert report.dry_run
+    assert report.ok
+    assert report.output_shapes == [(2, 3)]
+    assert report.total_params == 1000 * 1000 + 1000 + 3000 + 3
+
+
+# -- functional models (the book's Net) -----------------------------------------------------------
+
+
+def test_functional_steps_are_rows(dry_run: bool):
+    from zoo import BookNet
+
+    report = shapecheck.explain(BookNet(), torch.randn(1, 3, 32, 32), dry_run=dry_run)
+    steps = [(x.type, x.output_shapes) for x in report.layers if x.path != "" or x.kind != "module"]
+    assert steps == [
+        ("Conv2d", [(1, 16, 32, 32)]), ("tanh", [(1, 16, 32, 32)]),
+        ("max_pool2d", [(1, 16, 16, 16)]),
+        ("Conv2d", [(1, 8, 16, 16)]), ("tanh", [(1, 8, 16, 16)]), ("max_pool2d", [(1, 8, 8, 8)]),
+        ("view", [(1, 512)]), ("Linear", [(1, 32)]), ("tanh", [(1, 32)]), ("Linear", [(1, 2)]),
+    ]  # fmt: skip
+    view = next(x for x in report.layers if x.type == "view")
+    assert view.summary == "view(-1, 512)"
+    assert view.kind == "function"
+
+
+def test_view_batch_in_the_book_net_is_found(dry_run: bool):
+    from zoo import BookNet
+
+    # 2 images of 16x16 instead of 32x32: view(-1, 512) silently makes a batch of 1 ... of 2*2*2*8
+    model = BookNet()
+    x = torch.randn(8, 3, 16, 16)
+    report = shapecheck.explain(model, x, dry_run=dry_run)
+    seen = capture(model, x)
+    assert report.ok == (seen.error is None)
+    view = next(x for x in report.layers if x.type == "view")
+    assert view.output_shapes == [(2, 512)]
+    # F.linear(fc2) runs, so the model "works" with the wrong batch: explain says so in shapes
+    assert report.output_shapes == tensor_shapes(seen.output) == [(2, 2)]
+
+
+def test_plain_function_is_not_traced_silently():
+    with pytest.raises(shapecheck.UsageError, match=r"nn\.Module"):
+        shapecheck.explain(F.relu, torch.randn(2))  # type: ignore[arg-type]

@@ -1,0 +1,309 @@
+"""One real broken model per diagnosis rule: PyTorch's own error, the right rule first, its
+message as a golden file, and its fix applied to a real forward.
+
+Golden files live in ``tests/golden/rules``; rewrite them with ``SHAPECHECK_UPDATE_GOLDEN=1``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import shapecheck
+from shapecheck._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
+from shapecheck._fixes import Applied
+from shapecheck._loss import loss_hooks, loss_module
+from shapecheck._repair import rerun
+from shapecheck._trace import run_trace
+
+GOLDEN = Path(__file__).parent / "golden" / "rules"
+Case = tuple[nn.Module, tuple[Any, ...], Any, Any]  # model, args, loss_fn, target
+
+
+def real_run(applied: Applied, loss: nn.Module | None) -> bool:
+    """The fixed view run for real (real tensors, real data), loss included."""
+    trace = run_trace(applied.model, applied.args, applied.kwargs, dry_run=False,
+                      rewrites=applied.rewrites, **loss_hooks(loss, applied.target))  # fmt: skip
+    return trace.ok
+
+
+def check_findings(case: Case) -> list[tuple[Finding, bool]]:
+    """Every finding for the case's failure, with whether its fix re-runs dry; asserts that each
+    fix that re-runs dry also makes the REAL forward (and loss) run."""
+    model, args, loss_fn, target = case
+    loss = loss_module(loss_fn)
+    trace = run_trace(model, args, {}, dry_run=False, **loss_hooks(loss, target))
+    assert trace.failure is not None, "the case must fail"
+    ctx = Context(trace, model, args, {}, loss=loss, target=target)
+    base = Applied(model, args, {}, target=target)
+    results = []
+    for finding in find(ctx, FAILURE_RULES):
+        with finding.fix.applied(base) as applied:
+            ok = rerun(applied, None, loss).ok
+            assert not ok or real_run(applied, loss), f"{finding.rule}: dry ok but real fails"
+        results.append((finding, ok))
+    return results
+
+
+def _seq_conv(c: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+
+
+class _Unet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1))
+        self.inc = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = nn.Upsample(scale_factor=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.inc(x)
+        return torch.cat([a, self.up(self.down(a))], dim=1)
+
+
+class _Gru(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells = [nn.Linear(4, 4).to("meta")]  # a plain list: not registered
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for cell in self.cells:
+            x = cell(x)
+        return x
+
+
+class _Loop(nn.Module):
+    """A hand-written recurrence that steps over dim 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.i2h, self.h2h = nn.Linear(5, 6), nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        for t in range(x.size(0)):
+            h = torch.tanh(self.i2h(x[t]) + self.h2h(h))
+        return h
+
+
+def _rng() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+CASES: dict[str, Callable[[], Case]] = {
+    "missing-flatten": lambda: (
+        nn.Sequential(_seq_conv(), nn.Linear(8 * 4 * 4, 2)),
+        (torch.randn(2, 3, 8, 8),),
+        None,
+        None,
+    ),
+    "linear-in-features": lambda: (
+        nn.Sequential(_seq_conv(), nn.Flatten(), nn.Linear(100, 2)),
+        (torch.randn(2, 3, 8, 8),),
+        None,
+        None,
+    ),
+    "view-batch": lambda: (_ViewNet(), (torch.randn(2, 3, 8, 8),), None, None),
+    "channels-last": lambda: (_seq_conv(), (torch.randn(2, 8, 8, 3),), None, None),
+    "conv-in-channels": lambda: (
+        nn.Sequential(_seq_conv(), nn.Conv2d(16, 4, 3)),
+        (torch.randn(2, 3, 8, 8),),
+        None,
+        None,
+    ),
+    "missing-batch-dim": lambda: (
+        nn.Sequential(_seq_conv(), nn.Flatten(), nn.Linear(8 * 4 * 4, 2)),
+        (torch.randn(3, 8, 8),),
+        None,
+        None,
+    ),
+    "input-too-small": lambda: (
+        nn.Sequential(_seq_conv(), nn.Conv2d(8, 8, 3, stride=2), nn.MaxPool2d(4)),
+        (torch.randn(2, 3, 16, 16),),
+        None,
+        None,
+    ),
+    "norm-features": lambda: (
+        nn.Sequential(_seq_conv(), nn.BatchNorm2d(16)),
+        (torch.randn(2, 3, 8, 8),),
+        None,
+        None,
+    ),
+    "rnn-input": lambda: (nn.LSTM(10, 6, batch_first=True), (torch.randn(2, 5, 12),), None, None),
+    "dtype": lambda: (_seq_conv(), (torch.randn(2, 3, 8, 8, dtype=torch.float64),), None, None),
+    "device": lambda: (_Gru(), (torch.randn(2, 4),), None, None),
+    "embedding-index": lambda: (nn.Embedding(10, 4), (torch.tensor([[1, 2, 12]]),), None, None),
+    "attention-dim": lambda: (_Attn(), (torch.randn(2, 5 * 8),), None, None),
+    "cat-mismatch": lambda: (_Unet(), (torch.randn(1, 3, 9, 9),), None, None),
+    "loss-target": lambda: (
+        nn.Linear(4, 3),
+        (torch.randn(5, 4),),
+        nn.CrossEntropyLoss(),
+        F.one_hot(torch.randint(0, 3, (5,), generator=_rng()), 3),
+    ),
+}
+
+
+class _ViewNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = _seq_conv(), nn.Linear(8 * 3 * 3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(-1, 8 * 3 * 3))
+
+
+class _Attn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.attn(x, x, x)[0]
+
+
+PLANS = {"view-batch"}  # rules whose fix is verified as the first step of a repair plan
+
+
+def _build(rule: str) -> Case:
+    torch.manual_seed(0)
+    return CASES[rule]()
+
+
+def _real_error(case: Case) -> BaseException:
+    model, args, loss_fn, target = case
+
+    def forward() -> None:
+        out = model(*args)
+        if loss_fn is not None:
+            loss_fn(out, target)
+
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - any of PyTorch's own errors
+        forward()
+    return caught.value
+
+
+def _golden(rule: str, text: str) -> None:
+    path = GOLDEN / f"{rule}.txt"
+    if os.environ.get("SHAPECHECK_UPDATE_GOLDEN") == "1":
+        path.write_text(text + "\n")
+    assert path.exists(), f"no golden file {path}; run with SHAPECHECK_UPDATE_GOLDEN=1"
+    assert text + "\n" == path.read_text()
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_rule_first_verified_and_golden(rule: str) -> None:
+    case = _build(rule)
+    error = _real_error(case)
+    report = shapecheck.explain(case[0], *case[1], loss_fn=case[2], target=case[3])
+    assert report.failure is not None
+    assert type(report.failure.exception) is type(error)
+    first = report.diagnoses[0]
+    assert first.rule == rule, [d.rule for d in report.diagnoses]
+    # view-batch's fix is a two-step plan (flatten per sample, then size the Linear)
+    assert first.verified or (first.then and first.then[0].verified), first.message
+    assert str(error).splitlines()[0] in first.message  # PyTorch's own words, verbatim
+    _golden(rule, first.message)
+
+
+@pytest.mark.parametrize("rule", sorted(CASES))
+def test_rule_fix_runs_for_real(rule: str) -> None:
+    found = check_findings(_build(rule))
+    assert found[0][0].rule == rule
+    assert rule in PLANS or any(ok for finding, ok in found if finding.rule == rule)
+
+
+def test_rules_are_registered_once() -> None:
+    names = [r.__name__ for r in FAILURE_RULES + WARNING_RULES]
+    assert len(names) == len(set(names))
+
+
+def test_clarify_shows_the_new_diagnosis() -> None:
+    model, args, _, _ = _build("channels-last")
+    with pytest.raises(RuntimeError) as caught, shapecheck.clarify():
+        model(*args)
+    note = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "channels-last" in note or "x.permute(0, 3, 1, 2)" in note
+
+
+def test_cli_explain_shows_the_new_diagnosis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shapecheck._cli import main
+
+    script = tmp_path / "grey.py"
+    body = "def build():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())\n"
+    script.write_text("import torch.nn as nn\n" + body)
+    assert main(["explain", f"{script}:build", "--input", "2,1,8,8"]) == 1
+    out = capsys.readouterr().out
+    assert "x = x.expand(-1, 3, -1, -1)" in out
+    assert "verified" in out
+
+
+def test_loss_function_fails_at_path_loss() -> None:
+    report = shapecheck.explain(nn.Linear(4, 3), torch.randn(2, 4), loss_fn=F.cross_entropy,
+                                target=torch.tensor([[1], [2]]))  # fmt: skip
+    assert report.failure is not None
+    assert report.failure.path == "loss"
+    assert report.diagnoses[0].rule == "loss-target"
+    assert report.diagnoses[0].verified
+
+
+def _warnings(model: nn.Module, *args: Any, **kw: Any) -> list[str]:
+    report = shapecheck.explain(model, *args, **kw)
+    assert report.ok
+    return [w.rule for w in report.warnings]
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc(x))
+
+
+class _Unused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.spare = nn.Linear(6, 2), nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+class _ViewOk(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(-1, 4)
+
+
+def test_warning_reused_module_counts_parameters() -> None:
+    report = shapecheck.explain(nn.Sequential(*(3 * [_Block()])), torch.randn(2, 6))
+    (warning,) = [w for w in report.warnings if w.rule == "reused-module"]
+    assert "42 unique; 126 if each place had its own copy" in warning.message
+    assert report.total_params == 42  # the same count, from the report's own totals
+
+
+def test_warnings_on_models_that_run() -> None:
+    assert "unused-module" in _warnings(_Unused(), torch.randn(2, 6))
+    assert "view-batch" in _warnings(_ViewOk(), torch.randn(2, 8))
+    assert "batchnorm-batch1" in _warnings(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)),
+                                           torch.randn(1, 3, 8, 8))  # fmt: skip
+    soft = nn.Sequential(nn.Linear(6, 3), nn.Softmax(dim=1))
+    rules = _warnings(
+        soft, torch.randn(2, 6), loss_fn=nn.CrossEntropyLoss(), target=torch.tensor([0, 2])
+    )
+    assert "softmax-before-loss" in rules
+
+
+def test_no_warnings_on_a_clean_model() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
+    assert _warnings(model.eval(), torch.randn(2, 3, 8, 8), loss_fn=nn.CrossEntropyLoss(),
+                     target=torch.tensor([0, 1])) == []  # fmt: skip
