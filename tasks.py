@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Set up and run shapecheck on a fresh clone: ``python3 tasks.py demo`` or ``python3 tasks.py test``.
+"""Set up and run shapecheck on a fresh clone: `python3 tasks.py demo` or `python3 tasks.py test`.
 
 Each command creates ``.venv`` (once), installs shapecheck with what the command needs, and
 runs it. torch comes from PyPI as usual; a torch already in ``.venv`` is kept.

@@ -11,6 +11,7 @@ from ._errors import ShapecheckError, ShapeError, UsageError
 if _typing.TYPE_CHECKING:
     from ._clarify import clarify
     from ._explain import explain
+    from ._memory import TrainingMemory
     from ._records import Diagnosis, Failure, Layer, TensorInfo
     from ._report import Report
 
@@ -19,7 +20,7 @@ if _typing.TYPE_CHECKING:
 _LAZY = {
     "clarify": "._clarify", "explain": "._explain", "Report": "._report",
     "Diagnosis": "._records", "Failure": "._records", "Layer": "._records",
-    "TensorInfo": "._records",
+    "TensorInfo": "._records", "TrainingMemory": "._memory",
 }  # fmt: skip
 
 
@@ -39,7 +40,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Diagnosis", "Failure", "Layer", "Report", "ShapeError", "ShapecheckError", "TensorInfo",
-    "UsageError", "clarify", "explain",
+    "TrainingMemory", "UsageError", "clarify", "explain",
 ]  # fmt: skip
 
 __version__ = "0.1.0"

@@ -218,8 +218,9 @@ class WrapModuleArgs(Fix):
     """Rewrite every argument of the module at ``path``: ``(args, kwargs) -> (args, kwargs)``."""
 
     path: str = ""
-    transform: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, Any]] = (
-        lambda args, kwargs: (args, kwargs)
+    transform: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, Any]] = lambda args, kwargs: (
+        args,
+        kwargs,
     )
 
     @contextmanager

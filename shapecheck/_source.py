@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
 import sys
@@ -19,6 +20,7 @@ _LIBRARY_DIRS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)  # called for every frame of every recorded call
 def _is_user_file(filename: str) -> bool:
     if filename.startswith("<") and not filename.startswith("<ipython"):
         return False  # frozen importlib and friends; notebook cells stay

@@ -7,6 +7,7 @@ raises; it never diagnoses and never prints.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
@@ -240,6 +241,20 @@ class _FunctionMode(TorchFunctionMode):
 
 
 @contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC during the trace: its full passes walk the whole model and every record so
+    far, which made the trace superlinear (8x the layers took ~11x as long; 8.1x with it off).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextmanager
 def _hooks(modules: list[nn.Module], recorder: _Recorder) -> Iterator[None]:
     handles = []
     try:
@@ -291,6 +306,7 @@ class _Restore:
             torch.cuda.set_rng_state_all(self.cuda_rng)
 
 
+@_gc_paused()  # the whole trace, set-up and records included
 def run_trace(
     model: nn.Module,
     args: tuple[Any, ...],
