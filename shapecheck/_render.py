@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import textwrap
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ._records import Layer
@@ -63,9 +64,30 @@ def _columns(report: Report) -> tuple[tuple[str, int], ...]:
 
 
 def _visible(report: Report) -> list[Layer]:
+    """The rows to print; with ``depth``, deeper calls fold into their nearest shown ancestor,
+    which then shows their parameters and how many rows it holds."""
     if report.depth is None:
         return report.layers
-    return [x for x in report.layers if x.depth <= report.depth or x.failed]
+    shown = {x.index for x in report.layers if x.depth <= report.depth or x.failed}
+    folded: dict[int, list[Layer]] = {}
+    for layer in report.layers:
+        if layer.index not in shown:
+            folded.setdefault(_shown_ancestor(report.layers, layer, shown), []).append(layer)
+    return [_with_folded(x, folded.get(x.index, [])) for x in report.layers if x.index in shown]
+
+
+def _shown_ancestor(layers: list[Layer], layer: Layer, shown: set[int]) -> int:
+    parent = layer.parent
+    while parent is not None and parent not in shown:
+        parent = layers[parent].parent
+    return -1 if parent is None else parent
+
+
+def _with_folded(layer: Layer, inside: list[Layer]) -> Layer:
+    if not inside:
+        return layer
+    return replace(layer, params=layer.params + sum(x.params for x in inside),
+                   summary=f"{layer.summary} [+{len(inside)} rows]")  # fmt: skip
 
 
 def render_table(report: Report) -> str:

@@ -19,6 +19,7 @@ from zoo import ZOO, BookNet, TinyResNet
 
 import shapecheck
 from shapecheck._demo import seed_model, seed_model_fixed
+from shapecheck._render import render_table
 
 GOLDEN = Path(__file__).parent / "golden" / "render"
 UPDATE = os.environ.get("SHAPECHECK_UPDATE_GOLDEN") == "1"
@@ -85,6 +86,14 @@ def test_depth_folds_deeper_rows():
     assert "1.0.0" not in text_folded
     assert "  1  " in text_folded  # the depth-1 row stays
     assert text_folded.count("\n") < text_full.count("\n")
+
+
+def test_folded_rows_carry_the_parameters_of_the_rows_they_hide():
+    folded = CASES["nested_depth1"]()
+    counts = [int(line.split()[-1].replace(",", "")) for line in render_table(folded).splitlines()
+              if line.split()[-1].replace(",", "").isdigit()]  # fmt: skip
+    assert sum(counts) == folded.total_params  # no module is reused in this model
+    assert "[+3 rows]" in str(folded)
 
 
 def test_depth_keeps_the_failing_row():
