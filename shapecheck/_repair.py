@@ -60,7 +60,7 @@ def diagnose(
     ctx = Context(trace, base.model, base.args, base.kwargs, loss=loss, target=base.target)
     findings = find(ctx, FAILURE_RULES)[:MAX_CANDIDATES]
     real = bool(findings) and _data_dependent(base, trace, device, loss)
-    diagnoses = [_verify(finding, base, device, steps, loss, real) for finding in findings]
+    diagnoses = [_verify(finding, base, trace, device, steps, loss, real) for finding in findings]
     return sorted(diagnoses, key=lambda d: not (d.verified or _plan_verified(d)))
 
 
@@ -90,6 +90,7 @@ def _data_dependent(
 def _verify(
     finding: Finding,
     base: Applied,
+    before: Trace,
     device: torch.device | None,
     steps: int,
     loss: nn.Module | None = None,
@@ -97,32 +98,55 @@ def _verify(
 ) -> Diagnosis:
     with finding.fix.applied(base) as applied:
         after = rerun(applied, device, loss, real)
+        same = _same_failure(after, before, finding)
         then: tuple[Diagnosis, ...] = ()
-        if after.failure is not None and steps > 1 and not _same_failure(after, finding):
+        if after.failure is not None and steps > 1 and not same:
             then = tuple(diagnose(applied, after, device, steps - 1, loss)[:1])
     outputs = after.outputs if after.ok else None
     return Diagnosis(
         rule=finding.rule, path=finding.path,
-        message=finding.body + "\n" + _fix_text(finding, after),
+        message=finding.body + "\n" + _fix_text(finding, after, same),
         fix=finding.fix.code, verified=after.ok,
         output_shapes_after_fix=None if outputs is None else [t.shape for t in outputs],
         then=then,
     )  # fmt: skip
 
 
-def _same_failure(after: Trace, finding: Finding) -> bool:
-    return after.failure is not None and after.failure.path == finding.path
+def _same_failure(after: Trace, before: Trace, finding: Finding) -> bool:
+    """The fixed model fails in the same call of the finding's layer.
+
+    A module called twice (one BatchNorm at two places, a shared encoder) that now fails on
+    its other call has moved on: that is a new failure, with its own fix.
+    """
+    if after.failure is None or after.failure.path != finding.path:
+        return False
+    if before.failure is None or before.failure.path != finding.path:
+        return True  # the finding names another layer than the one that raised: by path only
+    return _call_number(after) == _call_number(before)
 
 
-def _fix_text(finding: Finding, after: Trace | None) -> str:
+def _call_number(trace: Trace) -> int:
+    """How many calls of the failing module came before the one that raised (0 for the first)."""
+    failure = trace.failure
+    if failure is None or failure.layer_index is None:
+        return 0
+    layer = trace.layers[failure.layer_index]
+    if layer.kind == "function" and layer.parent is not None:
+        layer = trace.layers[layer.parent]  # a functional op: the module call it ran in
+    return sum(1 for earlier in trace.layers[: layer.index]
+               if earlier.kind == "module" and earlier.path == failure.path)  # fmt: skip
+
+
+def _fix_text(finding: Finding, after: Trace | None, same: bool = True) -> str:
     fix = finding.fix
     if after is None:
         status = "suggested"
     elif after.ok:
         status = f"verified: the model then runs, output {shapes([t.shape for t in after.outputs])}"
-    elif after.failure is not None and after.failure.path != finding.path:
+    elif after.failure is not None and not same:
         failed = after.failure
-        status = f"not enough alone: the model then fails at '{failed.path}' ({failed.type})"
+        nth = f", its call {_call_number(after) + 1}" if failed.path == finding.path else ""
+        status = f"not enough alone: the model then fails at '{failed.path}' ({failed.type}{nth})"
     else:
         status = "not verified: a re-run with it still fails here"
     return f"fix ({status}): {fix.summary}\n    {fix.code}"

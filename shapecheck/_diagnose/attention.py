@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
+import torch
 from torch import nn
 
-from .._fixes import Fix, ReplaceModule
+from .._fixes import Fix, ReplaceModule, WrapModuleArgs, WrapModuleInput
 from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
@@ -65,17 +67,38 @@ def _embed(
                 "also needs batch_first=True"
             )
         code = f"x = x.view(x.size(0), {steps}, {e})"
-        fix = at_entry(
-            ctx,
+        fix = _with_key_value(
+            at_entry(
+                ctx,
+                layer,
+                lambda t: t.view(t.shape[0], steps, e),
+                code,
+                f"unflatten the input into {shape((q[0], steps, e))}",
+            ),
             layer,
-            lambda t: t.view(t.shape[0], steps, e),
-            code,
-            f"unflatten the input into {shape((q[0], steps, e))}",
+            q,
         )
         return Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 1.0)
     cause = f"cause: the last dim of the query is {q[-1]}, not embed_dim={e}"
     fix = Fix(summary=f"project the features to {e} first", code=f"nn.Linear({q[-1]}, {e})")
     return Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 0.9)
+
+
+def _with_key_value(fix: Fix, layer: Layer, q: tuple[int, ...]) -> Fix:
+    """A wrap on the attention itself reshapes only its first argument (the query): in
+    ``attn(x, x, x)`` the key and value are the same flattened tensor and need it too."""
+    if not isinstance(fix, WrapModuleInput) or fix.path != layer.path:
+        return fix
+    transform = fix.transform
+
+    def each(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        def one(t: Any) -> Any:
+            same = isinstance(t, torch.Tensor) and t.is_floating_point() and tuple(t.shape) == q
+            return transform(t) if same else t
+
+        return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+
+    return WrapModuleArgs(summary=fix.summary, code=fix.code, path=fix.path, transform=each)
 
 
 def _key_value(

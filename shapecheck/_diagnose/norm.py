@@ -38,15 +38,17 @@ _BY_RANK = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.Batch
 
 
 class _Routed(nn.Module):
-    """``new`` for inputs of one rank, the old module for the rest: what two attributes would
-    do when one name was assigned twice (used only inside a fix's re-run)."""
+    """``new`` for inputs of one rank (and ``channels`` at dim 1, when given), the old module
+    for the rest: what two attributes would do when one name was assigned twice, or one
+    layer used at two places (used only inside a fix's re-run)."""
 
-    def __init__(self, new: nn.Module, old: nn.Module, rank: int) -> None:
+    def __init__(self, new: nn.Module, old: nn.Module, rank: int, channels: int = 0) -> None:
         super().__init__()
-        self.new, self.old, self.rank = new, old, rank
+        self.new, self.old, self.rank, self.channels = new, old, rank, channels
 
     def forward(self, x: torch.Tensor) -> Any:
-        return self.new(x) if x.dim() == self.rank else self.old(x)
+        mine = x.dim() == self.rank and (not self.channels or x.shape[1] == self.channels)
+        return self.new(x) if mine else self.old(x)
 
 
 def _assigned_twice(ctx: Context, path: str) -> bool:
@@ -158,11 +160,18 @@ def _wrong_features(
     cause = (
         f"cause: the input has {features} channels at dim 1, not num_features={module.num_features}"
     )
+    calls = [e for e in ctx.layers[: layer.index] if e.kind == "module" and e.path == layer.path]
+    if any(e.inputs and e.inputs[0].shape[1:2] == (module.num_features,) for e in calls):
+        cause += (
+            f"\n  '{layer.path}' is one {name}({module.num_features}) used at "
+            f"{len(calls) + 1} places: its call {len(calls) + 1} gets {features} channels"
+        )
+    own = f"give this call its own {name}({features})"
     fix = ReplaceModule(
-        summary=f"size '{layer.path}' for {features} features",
-        code=f"nn.{name}({features})",
+        summary=own if calls else f"size '{layer.path}' for {features} features",
+        code=f"nn.{name}({features})" + ("   # a new layer for this call" if calls else ""),
         path=layer.path,
-        make=lambda: _Routed(new, module, len(x)),
+        make=lambda: _Routed(new, module, len(x), features if calls else 0),
     )
     return _finding(ctx, layer, expected, cause, fix)
 

@@ -12,7 +12,7 @@ from .._fixes import Fix, ReplaceModule, TransformInput
 from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
-from ._entry import at_entry
+from ._entry import at_entry, owner_of
 from ._words import got_line, headline, pytorch_line
 
 __all__ = ["rnn_input"]
@@ -26,6 +26,9 @@ def rnn_input(ctx: Context) -> list[Finding]:
     module = ctx.module(layer) if layer.kind == "module" else None
     if isinstance(module, nn.RNNBase):
         return _builtin(ctx, layer, module)
+    owner = owner_of(ctx, layer)
+    if owner is not None and isinstance(ctx.module(owner), nn.MultiheadAttention):
+        return []  # not a hand-written loop: attention-dim reads its batch_first
     return _hand_written(ctx, layer)
 
 
