@@ -8,10 +8,9 @@ raises; it never diagnoses and never prints.
 from __future__ import annotations
 
 import gc
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,47 +20,19 @@ from torch._subclasses.fake_tensor import (
     DynamicOutputShapeException,
     UnsupportedOperatorException,
 )
-from torch.overrides import TorchFunctionMode
 
-from ._describe import describe_arguments, describe_module
 from ._dry import DryRun
 from ._flops import FlopCounter
-from ._inputs import tensors_in
-from ._paths import ModuleFrame, PathIndex
+from ._paths import PathIndex
+from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
-from ._source import caller_source, traceback_source
+from ._source import traceback_source
 
 __all__ = ["Rewrite", "Trace", "run_trace"]
-
-#: Replaces one functional call during a re-run: (args, kwargs) -> result.
-Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], Any]
 
 _FAKE_LIMITS = (
     DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException,
 )  # fmt: skip
-
-# Calls that read metadata or only move bytes: never rows in the table.
-_BOOKKEEPING = frozenset({
-    "size", "dim", "numel", "stride", "__len__", "__bool__", "__format__", "__repr__",
-    "__hash__", "item", "tolist", "is_floating_point", "is_contiguous", "data_ptr",
-    "element_size", "contiguous", "detach", "requires_grad_", "__iter__", "__reduce_ex__",
-    "__deepcopy__", "__setstate__", "_has_compatible_shallow_copy_type", "get_device",
-    "grad", "data", "_base", "is_complex", "nelement", "ndimension", "has_names",
-})  # fmt: skip
-
-
-def function_name(func: Callable[..., Any]) -> str:
-    """``view`` for Tensor.view, ``max_pool2d`` for F.max_pool2d, ``T`` for the ``.T`` property."""
-    name = getattr(func, "__name__", "") or type(func).__name__
-    if name == "__get__":
-        owner = getattr(func, "__self__", None)
-        name = getattr(owner, "__name__", name)
-    if name.startswith("_") and not name.startswith("__"):
-        name = name.lstrip("_")
-    if name in {"fn", "boolean_dispatch"}:  # F.max_pool2d and friends wrap a dispatcher
-        name = torch.overrides.resolve_name(func) or name
-        name = name.rsplit(".", 1)[-1]
-    return name
 
 
 @dataclass
@@ -81,165 +52,6 @@ class Trace:
         return self.failure is None
 
 
-@dataclass
-class _Row:
-    """A layer under construction."""
-
-    path: str
-    kind: str
-    type: str
-    depth: int
-    inputs: tuple[TensorInfo, ...]
-    params: int
-    trainable: int
-    summary: str
-    parent: int | None
-    source: str | None = None
-    arguments: str = ""
-    outputs: tuple[TensorInfo, ...] = ()
-    failed: bool = False
-    flops_start: int | None = None
-    flops: int | None = None
-
-
-class _Recorder:
-    """Collects rows from module hooks and the function mode."""
-
-    def __init__(
-        self,
-        paths: PathIndex,
-        owned: Mapping[int, tuple[int, int]],
-        device_alias: Mapping[str, str],
-        rewrites: Mapping[tuple[str, str], Rewrite],
-    ) -> None:
-        self.paths = paths
-        self.owned = owned
-        self.device_alias = device_alias
-        self.rewrites = rewrites
-        self.rows: list[_Row] = []
-        self.module_at: dict[int, nn.Module] = {}
-        self.stack: list[ModuleFrame] = []
-        self.events: list[tuple[BaseException, int]] = []
-        self.busy = False
-        self.counter: FlopCounter | None = None
-
-    def _flops_now(self) -> int | None:
-        # one running total, read at the start and end of each call: O(1) per call
-        return None if self.counter is None else self.counter.total
-
-    def _flops_end(self, row: _Row) -> None:
-        if self.counter is not None and row.flops_start is not None:
-            row.flops = self.counter.total - row.flops_start
-
-    def infos(self, obj: object) -> tuple[TensorInfo, ...]:
-        alias = self.device_alias
-        # Our own reads of .shape/.dtype pass through the function mode too; marking them busy
-        # keeps them from being recorded (a hot spot: ~10 such reads per module call).
-        busy, self.busy = self.busy, True
-        try:
-            return tuple(
-                TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch."),
-                           alias.get(str(t.device), str(t.device)), t.requires_grad)
-                for t in tensors_in(obj)
-            )  # fmt: skip
-        finally:
-            self.busy = busy
-
-    def _add(self, row: _Row) -> int:
-        self.rows.append(row)
-        return len(self.rows) - 1
-
-    # -- module hooks -------------------------------------------------------------------------
-    def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.busy:
-            return
-        parent = self.stack[-1] if self.stack else None
-        owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
-        params, trainable = owned or _owned_counts([module]).get(id(module), (0, 0))
-        row = self._add(_Row(
-            path=self.paths.path_of(module, parent), kind="module",
-            type=type(module).__name__, depth=len(self.stack),
-            inputs=self.infos((args, kwargs)), params=params, trainable=trainable,
-            summary=describe_module(module), parent=parent.row if parent else None,
-            flops_start=self._flops_now(),
-        ))  # fmt: skip
-        self.module_at[row] = module
-        records = not type(module).__module__.startswith("torch.")
-        self.stack.append(ModuleFrame(module, self.rows[row].path, row, records))
-
-    def post_hook(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
-    ) -> None:
-        if self.busy:
-            return
-        position = self._frame_of(module)
-        if position is None:
-            return
-        frame = self.stack[position]
-        del self.stack[position:]
-        row = self.rows[frame.row]
-        self._flops_end(row)
-        error = sys.exc_info()[1] if output is None else None
-        if error is not None:
-            row.failed = True
-            self.events.append((error, frame.row))
-        else:
-            row.outputs = self.infos(output)
-
-    def _frame_of(self, module: nn.Module) -> int | None:
-        for position in range(len(self.stack) - 1, -1, -1):
-            if self.stack[position].module is module:
-                return position
-        return None
-
-    # -- functional ops -------------------------------------------------------------------------
-    def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        frame = self.stack[-1] if self.stack else None
-        if self.busy or frame is None or not frame.records_functions:
-            return func(*args, **kwargs)
-        name = function_name(func)
-        if name in _BOOKKEEPING:
-            return func(*args, **kwargs)
-        source = caller_source(skip=3)
-        arguments = describe_arguments(args, kwargs, func)
-        rewrite = self.rewrites.get((source or "", name))
-        row = _Row(
-            path=frame.path, kind="function", type=name, depth=len(self.stack),
-            inputs=self.infos((args, kwargs)), params=0, trainable=0,
-            summary=f"{name}({arguments})", parent=frame.row, source=source, arguments=arguments,
-            flops_start=self._flops_now(),
-        )  # fmt: skip
-        try:
-            result = rewrite(args, kwargs) if rewrite else func(*args, **kwargs)
-        except Exception as error:
-            row.failed = True
-            self._flops_end(row)
-            self.events.append((error, self._add(row)))
-            raise
-        self._flops_end(row)
-        row.outputs = self.infos(result)
-        if row.outputs:
-            self._add(row)
-        return result
-
-
-class _FunctionMode(TorchFunctionMode):
-    """Sends every torch function call through the recorder."""
-
-    def __init__(self, recorder: _Recorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        return self.recorder.call(func, args, kwargs or {})
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """No cyclic GC during the trace: its full passes walk the whole model and every record so
@@ -252,37 +64,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-@contextmanager
-def _hooks(modules: list[nn.Module], recorder: _Recorder) -> Iterator[None]:
-    handles = []
-    try:
-        for module in modules:
-            handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
-            handles.append(module.register_forward_hook(
-                recorder.post_hook, with_kwargs=True, always_call=True))  # fmt: skip
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _owned_counts(modules: list[nn.Module]) -> dict[int, tuple[int, int]]:
-    """Parameters each module owns directly: (all, trainable); lazy ones are left out."""
-    counts = {}
-    for module in modules:
-        total = trainable = 0
-        for p in module._parameters.values():
-            if isinstance(p, nn.parameter.UninitializedParameter):
-                break
-            if p is None:
-                continue
-            total += p.numel()
-            trainable += p.numel() if p.requires_grad else 0
-        else:
-            counts[id(module)] = (total, trainable)
-    return counts
 
 
 class _Restore:
@@ -331,8 +112,8 @@ def run_trace(
     modules = list(model.modules()) + list((extra or {}).values())
     dry = DryRun(device) if dry_run else None
     given = (args, kwargs)  # real inputs, for a real run where fake tensors cannot go on
-    recorder = _Recorder(
-        PathIndex(model, extra), _owned_counts(modules),
+    recorder = Recorder(
+        PathIndex(model, extra), owned_counts(modules),
         dry.device_alias if dry else {}, rewrites or {},
     )  # fmt: skip
     restore = _Restore(model, buffers=not dry_run)
@@ -351,8 +132,8 @@ def run_trace(
             for context in (*contexts, *([flops] if flops is not None else [])):
                 stack.enter_context(context)
             recorder.counter = flops
-            stack.enter_context(_hooks(modules, recorder))
-            stack.enter_context(_FunctionMode(recorder))
+            stack.enter_context(hooks(modules, recorder))
+            stack.enter_context(FunctionMode(recorder))
             output = forward(*args, **kwargs)
             if call is not None:
                 call(output)
@@ -375,7 +156,7 @@ def _fake_cannot(error: Exception | None, dry: DryRun) -> bool:
 
 def _finish(
     model: nn.Module,
-    recorder: _Recorder,
+    recorder: Recorder,
     inputs: tuple[TensorInfo, ...],
     output: Any,
     error: Exception | None,
@@ -395,7 +176,7 @@ def _finish(
 
 def _failure(
     model: nn.Module,
-    recorder: _Recorder,
+    recorder: Recorder,
     layers: list[Layer],
     inputs: tuple[TensorInfo, ...],
     error: Exception,
@@ -423,8 +204,3 @@ def _event_for(events: list[tuple[BaseException, int]], error: BaseException) ->
             if raised is candidate:
                 return index
     return None
-
-
-def with_layers(trace: Trace, layers: list[Layer]) -> Trace:
-    """A copy of ``trace`` with other layer records (used to add per-layer statistics)."""
-    return replace(trace, layers=layers)

@@ -1,0 +1,243 @@
+"""The recorder: module hooks and a TorchFunctionMode that turn one forward pass into rows.
+
+Each module call and each functional op called from user code (not from inside torch.nn's own
+layers) becomes a row with its input and output tensors; calls that raise are remembered so the
+tracer can name the innermost one. Per call the work is O(1) in the size of the model.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ._describe import describe_arguments, describe_module
+from ._flops import FlopCounter
+from ._inputs import tensors_in
+from ._paths import ModuleFrame, PathIndex
+from ._records import TensorInfo
+from ._source import caller_source
+
+__all__ = ["FunctionMode", "Recorder", "Rewrite", "Row", "function_name", "hooks", "owned_counts"]
+
+#: Replaces one functional call during a re-run: (args, kwargs) -> result.
+Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+# Calls that read metadata or only move bytes: never rows in the table.
+_BOOKKEEPING = frozenset({
+    "size", "dim", "numel", "stride", "__len__", "__bool__", "__format__", "__repr__",
+    "__hash__", "item", "tolist", "is_floating_point", "is_contiguous", "data_ptr",
+    "element_size", "contiguous", "detach", "requires_grad_", "__iter__", "__reduce_ex__",
+    "__deepcopy__", "__setstate__", "_has_compatible_shallow_copy_type", "get_device",
+    "grad", "data", "_base", "is_complex", "nelement", "ndimension", "has_names",
+})  # fmt: skip
+
+
+def function_name(func: Callable[..., Any]) -> str:
+    """``view`` for Tensor.view, ``max_pool2d`` for F.max_pool2d, ``T`` for the ``.T`` property."""
+    name = getattr(func, "__name__", "") or type(func).__name__
+    if name == "__get__":
+        owner = getattr(func, "__self__", None)
+        name = getattr(owner, "__name__", name)
+    if name.startswith("_") and not name.startswith("__"):
+        name = name.lstrip("_")
+    if name in {"fn", "boolean_dispatch"}:  # F.max_pool2d and friends wrap a dispatcher
+        name = torch.overrides.resolve_name(func) or name
+        name = name.rsplit(".", 1)[-1]
+    return name
+
+
+@dataclass
+class Row:
+    """A layer under construction."""
+
+    path: str
+    kind: str
+    type: str
+    depth: int
+    inputs: tuple[TensorInfo, ...]
+    params: int
+    trainable: int
+    summary: str
+    parent: int | None
+    source: str | None = None
+    arguments: str = ""
+    outputs: tuple[TensorInfo, ...] = ()
+    failed: bool = False
+    flops_start: int | None = None
+    flops: int | None = None
+
+
+class Recorder:
+    """Collects rows from module hooks and the function mode."""
+
+    def __init__(
+        self,
+        paths: PathIndex,
+        owned: Mapping[int, tuple[int, int]],
+        device_alias: Mapping[str, str],
+        rewrites: Mapping[tuple[str, str], Rewrite],
+    ) -> None:
+        self.paths = paths
+        self.owned = owned
+        self.device_alias = device_alias
+        self.rewrites = rewrites
+        self.rows: list[Row] = []
+        self.module_at: dict[int, nn.Module] = {}
+        self.stack: list[ModuleFrame] = []
+        self.events: list[tuple[BaseException, int]] = []
+        self.busy = False
+        self.counter: FlopCounter | None = None
+
+    def _flops_now(self) -> int | None:
+        # one running total, read at the start and end of each call: O(1) per call
+        return None if self.counter is None else self.counter.total
+
+    def _flops_end(self, row: Row) -> None:
+        if self.counter is not None and row.flops_start is not None:
+            row.flops = self.counter.total - row.flops_start
+
+    def infos(self, obj: object) -> tuple[TensorInfo, ...]:
+        alias = self.device_alias
+        # Our own reads of .shape/.dtype pass through the function mode too; marking them busy
+        # keeps them from being recorded (a hot spot: ~10 such reads per module call).
+        busy, self.busy = self.busy, True
+        try:
+            return tuple(
+                TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch."),
+                           alias.get(str(t.device), str(t.device)), t.requires_grad)
+                for t in tensors_in(obj)
+            )  # fmt: skip
+        finally:
+            self.busy = busy
+
+    def _add(self, row: Row) -> int:
+        self.rows.append(row)
+        return len(self.rows) - 1
+
+    # -- module hooks -------------------------------------------------------------------------
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.busy:
+            return
+        parent = self.stack[-1] if self.stack else None
+        owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
+        params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
+        row = self._add(Row(
+            path=self.paths.path_of(module, parent), kind="module",
+            type=type(module).__name__, depth=len(self.stack),
+            inputs=self.infos((args, kwargs)), params=params, trainable=trainable,
+            summary=describe_module(module), parent=parent.row if parent else None,
+            flops_start=self._flops_now(),
+        ))  # fmt: skip
+        self.module_at[row] = module
+        records = not type(module).__module__.startswith("torch.")
+        self.stack.append(ModuleFrame(module, self.rows[row].path, row, records))
+
+    def post_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        if self.busy:
+            return
+        position = self._frame_of(module)
+        if position is None:
+            return
+        frame = self.stack[position]
+        del self.stack[position:]
+        row = self.rows[frame.row]
+        self._flops_end(row)
+        error = sys.exc_info()[1] if output is None else None
+        if error is not None:
+            row.failed = True
+            self.events.append((error, frame.row))
+        else:
+            row.outputs = self.infos(output)
+
+    def _frame_of(self, module: nn.Module) -> int | None:
+        for position in range(len(self.stack) - 1, -1, -1):
+            if self.stack[position].module is module:
+                return position
+        return None
+
+    # -- functional ops -------------------------------------------------------------------------
+    def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        frame = self.stack[-1] if self.stack else None
+        if self.busy or frame is None or not frame.records_functions:
+            return func(*args, **kwargs)
+        name = function_name(func)
+        if name in _BOOKKEEPING:
+            return func(*args, **kwargs)
+        source = caller_source(skip=3)
+        arguments = describe_arguments(args, kwargs, func)
+        rewrite = self.rewrites.get((source or "", name))
+        row = Row(
+            path=frame.path, kind="function", type=name, depth=len(self.stack),
+            inputs=self.infos((args, kwargs)), params=0, trainable=0,
+            summary=f"{name}({arguments})", parent=frame.row, source=source, arguments=arguments,
+            flops_start=self._flops_now(),
+        )  # fmt: skip
+        try:
+            result = rewrite(args, kwargs) if rewrite else func(*args, **kwargs)
+        except Exception as error:
+            row.failed = True
+            self._flops_end(row)
+            self.events.append((error, self._add(row)))
+            raise
+        self._flops_end(row)
+        row.outputs = self.infos(result)
+        if row.outputs:
+            self._add(row)
+        return result
+
+
+class FunctionMode(TorchFunctionMode):
+    """Sends every torch function call through the recorder."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        return self.recorder.call(func, args, kwargs or {})
+
+
+@contextmanager
+def hooks(modules: list[nn.Module], recorder: Recorder) -> Iterator[None]:
+    handles = []
+    try:
+        for module in modules:
+            handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(
+                recorder.post_hook, with_kwargs=True, always_call=True))  # fmt: skip
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def owned_counts(modules: list[nn.Module]) -> dict[int, tuple[int, int]]:
+    """Parameters each module owns directly: (all, trainable); lazy ones are left out."""
+    counts = {}
+    for module in modules:
+        total = trainable = 0
+        for p in module._parameters.values():
+            if isinstance(p, nn.parameter.UninitializedParameter):
+                break
+            if p is None:
+                continue
+            total += p.numel()
+            trainable += p.numel() if p.requires_grad else 0
+        else:
+            counts[id(module)] = (total, trainable)
+    return counts
