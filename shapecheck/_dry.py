@@ -19,7 +19,7 @@ from torch.func import functional_call
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_map
 
-__all__ = ["DryRun", "is_meta_model"]
+__all__ = ["DryRun", "available", "is_meta_model"]
 
 _FAKE_LOGGER = logging.getLogger("torch._subclasses.fake_tensor")
 
@@ -29,7 +29,8 @@ def is_meta_model(model: nn.Module) -> bool:
     return any(t.device.type == "meta" for t in (*model.parameters(), *model.buffers()))
 
 
-def _available(device: torch.device) -> bool:
+def available(device: torch.device) -> bool:
+    """True when this machine can hold real tensors on ``device``."""
     if device.type in ("cpu", "meta"):
         return True
     backend = getattr(torch, device.type, None)
@@ -44,7 +45,7 @@ class DryRun:
         self.device = device
         self.device_alias: dict[str, str] = {}
         self.target = device
-        if device is not None and not _available(device):
+        if device is not None and not available(device):
             self.target = torch.device("meta")
             self.device_alias["meta"] = str(device)
 

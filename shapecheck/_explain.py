@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._dry import is_meta_model
+from ._dry import available, is_meta_model
 from ._errors import UsageError
 from ._fixes import Applied
 from ._flops import FlopCounter
@@ -72,31 +72,23 @@ def explain(
         (False, '6', 'missing-flatten')
     """
     model = require_module(model)
-    loss, labels = loss_module(loss_fn), target  # `target` names the device below
-    target = parse_device(device)
+    loss = loss_module(loss_fn)
+    where = parse_device(device)
     _check_depth(depth)
     optimizer = check_optimizer(optimizer)
     dry_run = bool(dry_run) or is_meta_model(model)
-    if target is not None and not dry_run and not _available(target):
-        raise UsageError(
-            f"device {str(target)!r} is not available on this machine; pass dry_run=True to "
-            "explain the shapes on fake tensors without it."
-        )
-    place = target if target is not None and _available(target) else None
-    args = make_inputs(inputs, input_size, dtypes, place)
-    values = make_inputs(tuple(forward_kwargs.values()), None, None, place, arguments=True)
-    kwargs = dict(zip(forward_kwargs, values, strict=True))
+    args, kwargs = _inputs(inputs, forward_kwargs, input_size, dtypes, where, dry_run)
     traced = _traceable(model)
     counter = FlopCounter() if flops else None
     saved = SavedTensors(traced) if optimizer is not None else None
-    trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=target, flops=counter,
+    trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=counter,
                       grad=saved is not None, contexts=[saved] if saved else [],
-                      **loss_hooks(loss, labels))  # fmt: skip
-    base = Applied(traced, args, kwargs, target=labels)
+                      **loss_hooks(loss, target))  # fmt: skip
+    base = Applied(traced, args, kwargs, target=target)
     totals = param_totals(traced)
     return Report(
         model_type=type(model).__name__, layers=trace.layers, failure=trace.failure,
-        diagnoses=diagnose(base, trace, target, loss=loss) if trace.failure else [],
+        diagnoses=diagnose(base, trace, where, loss=loss) if trace.failure else [],
         warnings=[] if trace.failure else warn(traced, args, kwargs, trace),
         inputs=trace.inputs, outputs=trace.outputs,
         total_params=totals.total, trainable_params=totals.trainable,
@@ -108,11 +100,24 @@ def explain(
     )  # fmt: skip
 
 
-def _available(device: torch.device) -> bool:
-    if device.type in ("cpu", "meta"):
-        return True
-    backend = getattr(torch, device.type, None)
-    return bool(getattr(backend, "is_available", lambda: False)())
+def _inputs(
+    inputs: tuple[Any, ...],
+    forward_kwargs: dict[str, Any],
+    input_size: Any,
+    dtypes: Any,
+    where: torch.device | None,
+    dry_run: bool,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Positional and keyword inputs, on ``where`` when this machine has it."""
+    if where is not None and not dry_run and not available(where):
+        raise UsageError(
+            f"device {str(where)!r} is not available on this machine; pass dry_run=True to "
+            "explain the shapes on fake tensors without it."
+        )
+    place = where if where is not None and available(where) else None
+    args = make_inputs(inputs, input_size, dtypes, place)
+    values = make_inputs(tuple(forward_kwargs.values()), None, None, place, arguments=True)
+    return args, dict(zip(forward_kwargs, values, strict=True))
 
 
 def _check_depth(depth: object) -> None:
