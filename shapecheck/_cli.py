@@ -103,7 +103,12 @@ def _demo() -> int:
     from ._explain import explain
 
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    print("The learner's CNN, called as model(img.unsqueeze(0)):\n")
+    try:
+        seed_model()(image)
+    except RuntimeError as error:  # the seed's bug: what PyTorch alone says
+        print(f"PyTorch, on the learner's CNN called as model(img.unsqueeze(0)):\n\n"
+              f"    RuntimeError: {error}\n")  # fmt: skip
+    print("shapecheck.explain(model, img.unsqueeze(0)):\n")
     print(explain(seed_model(), image))
     print("\n\nWith nn.Flatten() inserted at index 6:\n")
     print(explain(seed_model_fixed(), image))
