@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from torch import nn
 
 from shapecheck import strategies as sst
-from shapecheck._demo import seed_model_fixed
+from shapecheck.demo import seed_model_fixed
 from shapecheck.testing import (
     assert_batch_polymorphic,
     assert_output_shape,

@@ -99,8 +99,8 @@ def _explain(ns: argparse.Namespace) -> int:
 def _demo() -> int:
     import torch
 
-    from ._demo import seed_model, seed_model_fixed
     from ._explain import explain
+    from .demo import seed_model, seed_model_fixed
 
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     try:

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.modules import module as module_mod
 
 import shapecheck
-from shapecheck._demo import seed_model
+from shapecheck.demo import seed_model
 
 
 def _global_hooks() -> tuple[int, int]:

@@ -17,7 +17,7 @@ MODELS = textwrap.dedent(
     import torch
     from torch import nn
 
-    from shapecheck._demo import seed_model, seed_model_fixed
+    from shapecheck.demo import seed_model, seed_model_fixed
 
     broken = seed_model()          # an instance
     Fixed = type("Fixed", (nn.Sequential,), {})  # a class

@@ -262,7 +262,7 @@ def test_dry_run_on_a_cuda_input_without_a_gpu():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the simulated device (no GPU here)")
 def test_cuda_dry_run_still_diagnoses_the_seed():
-    from shapecheck._demo import seed_model
+    from shapecheck.demo import seed_model
 
     report = shapecheck.explain(seed_model(), input_size=(1, 3, 32, 32), device="cuda",
                                 dry_run=True)  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import shapecheck
-import shapecheck._demo
+import shapecheck.demo
 import shapecheck.strategies
 import shapecheck.testing
 from shapecheck.pytest_plugin import pytest_assertrepr_compare
@@ -25,7 +25,7 @@ def _load_torch_once() -> None:
     imported twice in one process (its C extension and op registrations are global). Explaining
     a failing model loads the lazily imported parts (fake tensors, sympy, torch._inductor).
     """
-    shapecheck.explain(shapecheck._demo.seed_model(), torch.randn(1, 3, 32, 32))
+    shapecheck.explain(shapecheck.demo.seed_model(), torch.randn(1, 3, 32, 32))
     assert shapecheck.strategies
     assert shapecheck.testing
 
@@ -33,7 +33,7 @@ def _load_torch_once() -> None:
 MODELS = """
 import pytest
 import torch
-from shapecheck._demo import seed_model, seed_model_fixed
+from shapecheck.demo import seed_model, seed_model_fixed
 from shapecheck.testing import assert_batch_polymorphic, assert_output_shape
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_a_failing_suite_shows_the_layer_the_shapes_and_the_diagnosis(
 SNAPSHOT = """
 import torch
 from torch import nn
-from shapecheck._demo import seed_model_fixed
+from shapecheck.demo import seed_model_fixed
 
 def test_cifar2(shape_snapshot):
     model = seed_model_fixed()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import shapecheck
-from shapecheck._demo import seed_model
+from shapecheck.demo import seed_model
 
 README_PATH = Path(__file__).resolve().parents[1] / "README.md"
 README = README_PATH.read_text(encoding="utf-8")
@@ -76,7 +76,7 @@ def test_usage_snippet_lines_do_what_their_comments_say() -> None:
 
 def test_shape_contract_snippet_runs_as_written() -> None:
     match = re.search(
-        r"```python\n(import torch\nfrom shapecheck._demo import .*?)```", README, re.S
+        r"```python\n(import torch\nfrom shapecheck.demo import .*?)```", README, re.S
     )
     assert match is not None
     scope: dict[str, object] = {}

@@ -18,8 +18,8 @@ from torch import nn
 from zoo import ZOO, BookNet, TinyResNet
 
 import shapecheck
-from shapecheck._demo import seed_model, seed_model_fixed
 from shapecheck._render import render_table
+from shapecheck.demo import seed_model, seed_model_fixed
 
 GOLDEN = Path(__file__).parent / "golden" / "render"
 UPDATE = os.environ.get("SHAPECHECK_UPDATE_GOLDEN") == "1"

@@ -10,7 +10,7 @@ from torch import nn
 from zoo import conv_out, fixed, run_fixed
 
 import shapecheck
-from shapecheck._demo import seed_model, seed_model_fixed
+from shapecheck.demo import seed_model, seed_model_fixed
 
 SEED_SHAPES = [(1, 16, 32, 32), (1, 16, 32, 32), (1, 16, 16, 16), (1, 8, 16, 16), (1, 8, 16, 16),
                (1, 8, 8, 8)]  # fmt: skip

@@ -17,7 +17,7 @@ from torch import nn
 
 import shapecheck.testing
 from shapecheck import UsageError
-from shapecheck._demo import seed_model, seed_model_fixed
+from shapecheck.demo import seed_model, seed_model_fixed
 from shapecheck.testing import (
     FALLBACK_BATCH_SIZES,
     assert_batch_polymorphic,

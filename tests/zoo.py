@@ -399,7 +399,7 @@ class _Bilinear(nn.Module):
 
 
 def _seed_fixed() -> nn.Module:
-    from shapecheck._demo import seed_model_fixed
+    from shapecheck.demo import seed_model_fixed
 
     return seed_model_fixed()
 

@@ -1,4 +1,16 @@
-"""The seed: the chapter-8 CIFAR-2 CNN of *Deep Learning with PyTorch*, without and with Flatten."""
+"""The seed: the chapter-8 CIFAR-2 CNN of *Deep Learning with PyTorch*, without and with Flatten.
+
+Public so that examples, docs and your own experiments can start from the bug this project
+exists for.
+
+Example:
+    >>> import torch, shapecheck
+    >>> from shapecheck.demo import seed_model, seed_model_fixed
+    >>> shapecheck.explain(seed_model(), torch.randn(1, 3, 32, 32)).diagnoses[0].rule
+    'missing-flatten'
+    >>> seed_model_fixed()(torch.randn(4, 3, 32, 32)).shape
+    torch.Size([4, 2])
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,21 @@
+"""The examples in public docstrings run and print what they show."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "shapecheck._explain", "shapecheck._report", "shapecheck._clarify", "shapecheck.demo",
+    "shapecheck.testing", "shapecheck.strategies", "shapecheck._spec",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"
+    assert result.attempted > 0, f"{name} shows no example"
