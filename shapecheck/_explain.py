@@ -18,13 +18,14 @@ from ._memory import SavedTensors, check_optimizer, training_memory
 from ._params import param_totals
 from ._repair import diagnose, warn
 from ._report import Report
-from ._trace import run_trace
+from ._trace import gc_paused, run_trace
 
 __all__ = ["explain"]
 
 
 # The global RNG is put back as found: fixes build new modules (nn.Linear draws its init)
 @torch.random.fork_rng(devices=[])
+@gc_paused()  # diagnoses and warnings walk the model too; see gc_paused
 def explain(
     model: nn.Module,
     *inputs: Any,
