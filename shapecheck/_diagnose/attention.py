@@ -13,7 +13,7 @@ from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
 from ._entry import at_entry
-from ._words import got_line, headline, pytorch_line
+from ._words import layer_message
 
 __all__ = ["attention_dim"]
 
@@ -34,19 +34,6 @@ def attention_dim(ctx: Context) -> list[Finding]:
         if k[-1] != module.kdim or v[-1] != module.vdim:
             return [_key_value(ctx, layer, module, k, v)]
     return _layout(ctx, layer, module, q)
-
-
-def _body(ctx: Context, layer: Layer, expected: str, cause: str) -> str:
-    assert ctx.failure is not None
-    return "\n".join(
-        [
-            headline(layer),
-            got_line(layer, ctx.producer(layer)),
-            expected,
-            pytorch_line(ctx.failure),
-            cause,
-        ]
-    )
 
 
 def _embed(
@@ -78,10 +65,14 @@ def _embed(
             layer,
             q,
         )
-        return Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 1.0)
+        return Finding(
+            "attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0
+        )
     cause = f"cause: the last dim of the query is {q[-1]}, not embed_dim={e}"
     fix = Fix(summary=f"project the features to {e} first", code=f"nn.Linear({q[-1]}, {e})")
-    return Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 0.9)
+    return Finding(
+        "attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 0.9
+    )
 
 
 def _with_key_value(fix: Fix, layer: Layer, q: tuple[int, ...]) -> Fix:
@@ -123,7 +114,9 @@ def _key_value(
         path=layer.path,
         make=lambda: new,
     )
-    return Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 1.0)
+    return Finding(
+        "attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0
+    )
 
 
 def _layout(
@@ -147,4 +140,6 @@ def _layout(
         path=layer.path,
         make=lambda: flipped,
     )
-    return [Finding("attention-dim", layer.path, _body(ctx, layer, expected, cause), fix, 0.8)]
+    return [
+        Finding("attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 0.8)
+    ]

@@ -11,7 +11,7 @@ from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
 from ._entry import at_entry
-from ._words import got_line, headline, pytorch_line
+from ._words import layer_message
 
 __all__ = ["channels_last", "conv_in_channels"]
 
@@ -52,16 +52,7 @@ def _expected(module: _Conv, ndim: int) -> str:
 
 
 def _body(ctx: Context, layer: Layer, module: _Conv, cause: str) -> str:
-    assert ctx.failure is not None
-    return "\n".join(
-        [
-            headline(layer),
-            got_line(layer, ctx.producer(layer)),
-            _expected(module, len(layer.inputs[0].shape)),
-            pytorch_line(ctx.failure),
-            cause,
-        ]
-    )
+    return layer_message(ctx, layer, _expected(module, len(layer.inputs[0].shape)), cause)
 
 
 def channels_last(ctx: Context) -> list[Finding]:

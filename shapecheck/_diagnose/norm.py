@@ -19,7 +19,7 @@ from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
 from ._entry import model_arg
-from ._words import got_line, headline, pytorch_line
+from ._words import layer_message
 
 __all__ = ["norm_features"]
 
@@ -86,16 +86,7 @@ def norm_features(ctx: Context) -> list[Finding]:
 
 
 def _finding(ctx: Context, layer: Layer, expected: str, cause: str, fix: Fix) -> Finding:
-    assert ctx.failure is not None
-    body = "\n".join(
-        [
-            headline(layer),
-            got_line(layer, ctx.producer(layer)),
-            expected,
-            pytorch_line(ctx.failure),
-            cause,
-        ]
-    )
+    body = layer_message(ctx, layer, expected, cause)
     return Finding("norm-features", layer.path, body, fix, 1.0)
 
 

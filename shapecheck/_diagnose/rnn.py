@@ -13,7 +13,7 @@ from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
 from ._entry import at_entry, owner_of
-from ._words import got_line, headline, pytorch_line
+from ._words import layer_message, pytorch_line
 
 __all__ = ["rnn_input"]
 
@@ -30,19 +30,6 @@ def rnn_input(ctx: Context) -> list[Finding]:
     if owner is not None and isinstance(ctx.module(owner), nn.MultiheadAttention):
         return []  # not a hand-written loop: attention-dim reads its batch_first
     return _hand_written(ctx, layer)
-
-
-def _body(ctx: Context, layer: Layer, expected: str, cause: str) -> str:
-    assert ctx.failure is not None
-    return "\n".join(
-        [
-            headline(layer),
-            got_line(layer, ctx.producer(layer)),
-            expected,
-            pytorch_line(ctx.failure),
-            cause,
-        ]
-    )
 
 
 def _builtin(ctx: Context, layer: Layer, module: nn.RNNBase) -> list[Finding]:
@@ -71,7 +58,9 @@ def _size(
             "x = x.transpose(1, 2)",
             f"put the features last: {shape(x)} → {shape((x[0], x[2], x[1]))}",
         )
-        return Finding("rnn-input", layer.path, _body(ctx, layer, expected, cause), fix, 1.0)
+        return Finding(
+            "rnn-input", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0
+        )
     cls: Any = type(module)  # LSTM/GRU/RNN: (input_size, hidden_size, ...)
     rebuilt = cls(
         x[-1],
@@ -88,7 +77,7 @@ def _size(
         path=layer.path,
         make=lambda: rebuilt,
     )
-    return Finding("rnn-input", layer.path, _body(ctx, layer, expected, cause), fix, 1.0)
+    return Finding("rnn-input", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0)
 
 
 def _hidden(ctx: Context, layer: Layer, module: nn.RNNBase, x: tuple[int, ...]) -> list[Finding]:
@@ -114,7 +103,9 @@ def _hidden(ctx: Context, layer: Layer, module: nn.RNNBase, x: tuple[int, ...]) 
             path=layer.path,
             make=lambda: flipped,
         )
-        return [Finding("rnn-input", layer.path, _body(ctx, layer, expected, cause), fix, 1.0)]
+        return [
+            Finding("rnn-input", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0)
+        ]
     cause = (
         f"cause: the hidden state {shape(h)} is not (layers*dirs, {batch}, {module.hidden_size})"
     )
@@ -123,7 +114,7 @@ def _hidden(ctx: Context, layer: Layer, module: nn.RNNBase, x: tuple[int, ...]) 
         code=f"h0 = torch.zeros({module.num_layers * (2 if module.bidirectional else 1)}, "
         f"{batch}, {module.hidden_size})",
     )
-    return [Finding("rnn-input", layer.path, _body(ctx, layer, expected, cause), fix, 0.9)]
+    return [Finding("rnn-input", layer.path, layer_message(ctx, layer, expected, cause), fix, 0.9)]
 
 
 def _hand_written(ctx: Context, layer: Layer) -> list[Finding]:
