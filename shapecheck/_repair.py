@@ -10,27 +10,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import (
-    DataDependentOutputException,
-    DynamicOutputShapeException,
-    UnsupportedOperatorException,
-)
 
 from ._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
 from ._fixes import Applied
 from ._loss import loss_hooks
 from ._records import Diagnosis
 from ._text import shapes
-from ._trace import Trace, run_trace
+from ._trace import FAKE_LIMITS, Trace, run_trace
 
 __all__ = ["diagnose", "rerun", "warn"]
 
 MAX_STEPS = 3
 MAX_CANDIDATES = 4
-_FAKE_LIMITS = (
-    DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException,
-    NotImplementedError,
-)  # fmt: skip
+_FAKE_LIMITS = (*FAKE_LIMITS, NotImplementedError)
 
 
 def rerun(

@@ -28,9 +28,10 @@ from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
 from ._source import traceback_source
 
-__all__ = ["Rewrite", "Trace", "gc_paused", "run_trace"]
+__all__ = ["FAKE_LIMITS", "Rewrite", "Trace", "gc_paused", "run_trace"]
 
-_FAKE_LIMITS = (
+#: Errors that mean "fake tensors cannot run this", not "the model is wrong".
+FAKE_LIMITS = (
     DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException,
 )  # fmt: skip
 
@@ -151,7 +152,7 @@ def _fake_cannot(error: Exception | None, dry: DryRun) -> bool:
     """Fake tensors cannot run data-dependent ops (``.item()``, mask checks, CTC); a real run
     can, unless the device is only simulated or the weights live on meta."""
     simulated = bool(dry.device_alias) or (dry.target is not None and dry.target.type == "meta")
-    return isinstance(error, _FAKE_LIMITS) and not simulated
+    return isinstance(error, FAKE_LIMITS) and not simulated
 
 
 def _finish(
