@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"shapecheck: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `shapecheck demo | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

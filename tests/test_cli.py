@@ -159,3 +159,19 @@ def test_entry_point_runs_as_a_program(models: Path):
     assert "missing" not in done.stderr
     assert "Traceback" not in done.stderr
     assert "insert nn.Flatten() at index 6" in done.stdout
+
+
+def test_demo_piped_into_a_reader_that_leaves_early_exits_quietly():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shapecheck", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.read(16)  # like `| head -c 16`
+    process.stdout.close()
+    errors = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=120) == 0
+    assert "BrokenPipeError" not in errors
