@@ -168,7 +168,8 @@ def test_demo_piped_into_a_reader_that_leaves_early_exits_quietly():
         stderr=subprocess.PIPE,
         bufsize=0,
     )
-    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
     assert process.stdout.read(16)  # like `| head -c 16`
     process.stdout.close()
     errors = process.stderr.read().decode()
