@@ -15,6 +15,7 @@ from types import EllipsisType
 from typing import Literal, TypeAlias
 
 from ._errors import UsageError
+from ._text import shape as format_shape
 
 __all__ = ["Bindings", "Dim", "Mismatch", "Spec", "SpecLike", "match", "parse_spec", "symbol_dims"]
 
@@ -216,7 +217,7 @@ def _align(spec: Spec, rank: int) -> list[tuple[Dim, int]] | None:
 def _rank_reason(spec: Spec, shape: tuple[int, ...], where: str) -> str:
     fixed = len(spec.dims) - (spec.rest is not None)
     need = f"at least {fixed}" if spec.rest is not None else str(fixed)
-    return f"{where} is {len(shape)}-D {_shape(shape)}, but the spec {spec} needs {need} dims"
+    return f"{where} is {len(shape)}-D {format_shape(shape)}, but the spec {spec} needs {need} dims"
 
 
 def _check_dim(
@@ -237,7 +238,3 @@ def _check_dim(
     elif bound[0] != size:
         return f"{dim.name}={bound[0]} from {bound[1]}, but {where} has {size} at dim {index}"
     return None
-
-
-def _shape(dims: Sequence[int]) -> str:
-    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"

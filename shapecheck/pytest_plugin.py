@@ -15,12 +15,15 @@ hypothesis: they are imported when a fixture or a marked test first needs them.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from ._text import shape  # torch-free, like this plugin
 
 if TYPE_CHECKING:
     from torch import nn
@@ -210,7 +213,7 @@ def pytest_assertrepr_compare(
     if op != "==":
         return None
     if _is_shape(left) and _is_shape(right) and (_is_size(left) or _is_size(right)):
-        return [f"shape {_fmt(left)} == {_fmt(right)}", *_shape_lines(left, right)]  # type: ignore[arg-type]
+        return [f"shape {shape(left)} == {shape(right)}", *_shape_lines(left, right)]  # type: ignore[arg-type]
     if _is_shape_list(left) and _is_shape_list(right):
         return _list_lines(left, right)  # type: ignore[arg-type]
     return None
@@ -230,17 +233,6 @@ def _is_shape_list(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(_is_shape(v) for v in value)
 
 
-def _fmt(dims: Sequence[int]) -> str:
-    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
-
-
-def _numel(dims: Sequence[int]) -> int:
-    total = 1
-    for d in dims:
-        total *= d
-    return total
-
-
 def _shape_lines(left: Sequence[int], right: Sequence[int]) -> list[str]:
     lines = []
     if len(left) != len(right):
@@ -250,7 +242,7 @@ def _shape_lines(left: Sequence[int], right: Sequence[int]) -> list[str]:
         for i, (a, b) in enumerate(zip(left, right, strict=False))
         if a != b
     ]
-    a, b = _numel(left), _numel(right)
+    a, b = math.prod(left), math.prod(right)
     if len(left) != len(right) and a == b:
         lines.append(
             f"  numel  {a:,} == {b:,}: the same elements in another layout "
@@ -262,11 +254,11 @@ def _shape_lines(left: Sequence[int], right: Sequence[int]) -> list[str]:
 
 
 def _list_lines(left: list[tuple[int, ...]], right: list[tuple[int, ...]]) -> list[str]:
-    lines = [f"shapes [{', '.join(map(_fmt, left))}] == [{', '.join(map(_fmt, right))}]"]
+    lines = [f"shapes [{', '.join(map(shape, left))}] == [{', '.join(map(shape, right))}]"]
     if len(left) != len(right):
         lines.append(f"  {len(left)} shape(s) != {len(right)}")
     for index, (a, b) in enumerate(zip(left, right, strict=False)):
         if tuple(a) != tuple(b):
-            lines.append(f"  shape {index}: {_fmt(a)} != {_fmt(b)}")
+            lines.append(f"  shape {index}: {shape(a)} != {shape(b)}")
             lines += ["  " + line for line in _shape_lines(a, b)]
     return lines
