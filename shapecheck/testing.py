@@ -31,7 +31,7 @@ from ._inputs import parse_dtype, require_module, tensors_in
 from ._params import param_totals
 from ._report import Report
 from ._spec import Bindings, Mismatch, Spec, SpecLike, match, parse_spec, symbol_dims
-from ._text import count, shape
+from ._text import count, shape, shapes
 
 __all__ = [
     "assert_batch_polymorphic",
@@ -195,7 +195,7 @@ def _entry_problem(report: Report, entry: _Entry, bindings: Bindings) -> str | N
         return f"{entry.label} did not run in the forward pass\n  recorded  {known}"
     if len(entry.specs) != len(entry.shapes):
         return (
-            f"{entry.label} gave {len(entry.shapes)} tensor(s) {_shapes(entry.shapes)}, "
+            f"{entry.label} gave {len(entry.shapes)} tensor(s) {shapes(entry.shapes)}, "
             f"the spec lists {len(entry.specs)}"
         )
     for index, (spec, dims) in enumerate(zip(entry.specs, entry.shapes, strict=True)):
@@ -228,10 +228,6 @@ def _contract_message(report: Report, problems: list[str], bindings: Bindings) -
         wrapped = textwrap.wrap(bindings.describe(), 90, break_on_hyphens=False)
         lines += ["", "\n          ".join(["symbols   " + wrapped[0], *wrapped[1:]])]
     return "\n".join([*lines, "", str(report)])
-
-
-def _shapes(many: Sequence[tuple[int, ...]]) -> str:
-    return " ".join(shape(s) for s in many) or "—"
 
 
 # -- assert_param_count ---------------------------------------------------------------------------
