@@ -63,7 +63,8 @@ class DryRun:
                 fakes[id(t)] = self._fake(mode, t)
         state = {name: fakes[id(t)] for name, t in _named_state(model)}
         fake_args, fake_kwargs = tree_map(
-            lambda v: self._fake(mode, v) if isinstance(v, torch.Tensor) else v, (args, kwargs)
+            lambda v: self._fake_input(mode, v) if isinstance(v, torch.Tensor) else v,
+            (args, kwargs),
         )
         level = _FAKE_LOGGER.level
         _FAKE_LOGGER.setLevel(logging.CRITICAL)  # fake mode logs every failing meta kernel
@@ -80,6 +81,16 @@ class DryRun:
             _FAKE_LOGGER.setLevel(level)
             for module in lazy:
                 vars(module).pop("initialize_parameters", None)
+
+    def _fake_input(self, mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
+        """An input's fake; a ``meta`` input stands for one of its shape on the run's device."""
+        target = self.target or torch.device("cpu")
+        if tensor.device.type != "meta" or target.type == "meta":
+            return self._fake(mode, tensor)
+        with mode:
+            fake = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype,
+                                       device=target)  # fmt: skip
+        return fake.requires_grad_(tensor.requires_grad)
 
     def _fake(self, mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
         target = self.target

@@ -53,7 +53,9 @@ def explain(
         device: where to place the inputs; with ``dry_run`` it may name a device this machine
             lacks (``"cuda"``), which is then simulated.
         depth: fold table rows deeper than this when printing.
-        dry_run: run on fake tensors: no activation memory, no compute.
+        dry_run: run on fake tensors: no activation memory, no compute. Inputs made from
+            ``input_size`` hold no memory either, and a ``meta`` input stands for one of its
+            shape. Ops that need values (``.item()``) make it run for real on example data.
         loss_fn: a loss module or function ``(output, target)``, traced after the forward under
             the path ``"loss"``; its failures are diagnosed too.
         target: the target passed to ``loss_fn``.
@@ -116,7 +118,7 @@ def _inputs(
             "explain the shapes on fake tensors without it."
         )
     place = where if where is not None and available(where) else None
-    args = make_inputs(inputs, input_size, dtypes, place)
+    args = make_inputs(inputs, input_size, dtypes, place, shapes_only=dry_run)
     values = make_inputs(tuple(forward_kwargs.values()), None, None, place, arguments=True)
     return args, dict(zip(forward_kwargs, values, strict=True))
 

@@ -7,10 +7,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ._errors import UsageError
 
-__all__ = ["make_inputs", "parse_device", "parse_dtype", "require_module", "tensors_in"]
+__all__ = [
+    "make_inputs", "parse_device", "parse_dtype", "realise", "require_module", "tensors_in",
+]  # fmt: skip
 
 _PASS_THROUGH = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
 
@@ -82,16 +85,19 @@ def make_inputs(
     device: torch.device | None,
     *,
     arguments: bool = False,
+    shapes_only: bool = False,
 ) -> tuple[Any, ...]:
     """The positional inputs for one forward pass, validated and placed on ``device``.
 
     A tuple of ints is taken for a mistyped shape only when no tensor is passed with it and
     ``arguments`` is False (forward kwargs): CTCLoss takes lengths as tuples of ints.
+    With ``shapes_only`` (a dry run), ``input_size`` makes ``meta`` tensors: shapes without
+    memory, which the dry run places on its device.
     """
     if inputs and input_size is not None:
         raise UsageError("pass example inputs or input_size=, not both.")
     if input_size is not None:
-        return _from_sizes(input_size, dtypes, device)
+        return _from_sizes(input_size, dtypes, torch.device("meta") if shapes_only else device)
     if dtypes is not None:
         raise UsageError("dtypes= only applies together with input_size=.")
     shapes_meant = not arguments and not tensors_in(list(inputs))
@@ -144,14 +150,39 @@ def _from_sizes(input_size: object, dtypes: object, device: torch.device | None)
     sizes = _parse_sizes(input_size)
     dtype_list = _parse_dtypes(dtypes, len(sizes))
     generator = torch.Generator().manual_seed(0)  # never touches the global RNG
-    made = []
-    for size, dtype in zip(sizes, dtype_list, strict=True):
-        if dtype.is_floating_point or dtype.is_complex:
-            tensor = torch.randn(size, generator=generator).to(dtype)
-        else:
-            tensor = torch.zeros(size, dtype=dtype)  # index 0 is valid for any Embedding
-        made.append(tensor if device is None else tensor.to(device))
-    return tuple(made)
+    return tuple(
+        _example(size, dtype, generator, device)
+        for size, dtype in zip(sizes, dtype_list, strict=True)
+    )
+
+
+def _example(
+    size: tuple[int, ...],
+    dtype: torch.dtype,
+    generator: torch.Generator,
+    device: torch.device | None,
+) -> torch.Tensor:
+    """Example data of one shape: normal noise, or zeros for integers (a valid Embedding id)."""
+    if device is not None and device.type == "meta":
+        return torch.empty(size, dtype=dtype, device=device)
+    if dtype.is_floating_point or dtype.is_complex:
+        tensor = torch.randn(size, generator=generator).to(dtype)
+    else:
+        tensor = torch.zeros(size, dtype=dtype)
+    return tensor if device is None else tensor.to(device)
+
+
+def realise(obj: Any, device: torch.device | None) -> Any:
+    """``obj`` with every ``meta`` tensor replaced by example data on ``device`` (a real run
+    where a dry run with shape-only inputs cannot go on)."""
+    generator = torch.Generator().manual_seed(0)
+
+    def real(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.device.type == "meta":
+            return _example(tuple(value.shape), value.dtype, generator, device)
+        return value
+
+    return tree_map(real, obj)
 
 
 def _parse_sizes(input_size: object) -> list[tuple[int, ...]]:

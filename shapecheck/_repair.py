@@ -13,6 +13,7 @@ from torch import nn
 
 from ._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
 from ._fixes import Applied
+from ._inputs import realise
 from ._loss import loss_hooks
 from ._records import Diagnosis
 from ._text import shapes
@@ -36,7 +37,12 @@ def rerun(
         rewrites=applied.rewrites, **hooks)  # fmt: skip
     if trace is None or (trace.failure is not None
                          and isinstance(trace.failure.exception, _FAKE_LIMITS)):  # fmt: skip
-        trace = run_trace(applied.model, applied.args, applied.kwargs, dry_run=False,
+        args, kwargs = (
+            (applied.args, applied.kwargs)
+            if real
+            else realise((applied.args, applied.kwargs), device)
+        )  # shape-only inputs need data now
+        trace = run_trace(applied.model, args, kwargs, dry_run=False,
                           rewrites=applied.rewrites, **hooks)  # fmt: skip
     return trace
 

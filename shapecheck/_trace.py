@@ -23,6 +23,7 @@ from torch._subclasses.fake_tensor import (
 
 from ._dry import DryRun
 from ._flops import FlopCounter
+from ._inputs import realise
 from ._paths import PathIndex
 from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
@@ -47,6 +48,8 @@ class Trace:
     module_at: dict[int, nn.Module]
     dry_run: bool
     output: Any = field(default=None, repr=False)
+    #: A dry run with a device puts every weight there (shown under this name); None otherwise.
+    weights_on: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -143,9 +146,12 @@ def run_trace(
     finally:
         restore()
     if dry is not None and _fake_cannot(error, dry) and flops is None and not contexts:
-        return run_trace(model, *given, dry_run=False, rewrites=rewrites, extra=extra, call=call,
-                         grad=grad)  # fmt: skip
-    return _finish(model, recorder, model_inputs, output, error, dry_run)
+        return run_trace(model, *realise(given, device), dry_run=False, rewrites=rewrites,
+                         extra=extra, call=call, grad=grad)  # fmt: skip
+    trace = _finish(model, recorder, model_inputs, output, error, dry_run)
+    if dry is not None and dry.target is not None:
+        trace.weights_on = dry.device_alias.get(dry.target.type, str(dry.target))
+    return trace
 
 
 def _fake_cannot(error: Exception | None, dry: DryRun) -> bool:

@@ -268,8 +268,66 @@ def test_cuda_dry_run_still_diagnoses_the_seed():
                                 dry_run=True)  # fmt: skip
     assert report.failure is not None
     assert report.failure.path == "6"
-    assert report.diagnoses[0].rule == "missing-flatten"
-    assert report.diagnoses[0].verified
+    assert [(d.rule, d.verified) for d in report.diagnoses] == [("missing-flatten", True)]
+
+
+# -- dry runs from shapes alone -------------------------------------------------------------------
+
+# 2**20 * 3 * 4096 * 4096 float32 values: ~844 TB, which no allocator grants (it raises at once)
+_NO_MEMORY_HOLDS = (2**20, 3, 4096, 4096)
+
+
+def _conv_head() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 2))  # fmt: skip
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_dry_run_from_input_size_allocates_no_input(device):
+    report = shapecheck.explain(_conv_head(), input_size=_NO_MEMORY_HOLDS, device=device,
+                                dry_run=True)  # fmt: skip
+    assert report.ok, report
+    assert report.layers[1].output_shapes == [(2**20, 4, 64, 64)]
+    assert report.outputs[0].shape == (2**20, 2)
+    assert {t.device for t in report.inputs} == {"cpu"}
+    with pytest.raises(RuntimeError, match="allocate"):  # the same input for real
+        torch.empty(_NO_MEMORY_HOLDS)
+
+
+def test_a_meta_input_stands_for_its_shape_in_a_dry_run():
+    model = _conv_head()
+    report = shapecheck.explain(model, torch.empty(_NO_MEMORY_HOLDS, device="meta"), dry_run=True)
+    assert report.ok, report
+    assert report.outputs[0].shape == (2**20, 2)
+    assert next(model.parameters()).device.type == "cpu"
+
+
+class _CountsPositives(nn.Module):
+    """Data-dependent: fake tensors cannot know how many values are positive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x[:1]) * int((x > 0).sum())
+
+
+def test_a_dry_run_that_needs_data_makes_it_from_the_shapes():
+    report = shapecheck.explain(_CountsPositives(), input_size=(8, 4), dry_run=True)
+    assert not report.dry_run  # it went on for real, on example data
+    assert report.ok, report
+    assert report.outputs[0].shape == (1, 3)
+
+
+def test_a_shape_only_failure_is_diagnosed_and_fixed_dry():
+    from shapecheck.demo import seed_model
+
+    report = shapecheck.explain(seed_model(), input_size=(1, 3, 32, 32), dry_run=True)
+    assert report.failure is not None
+    assert report.failure.path == "6"
+    assert [(d.rule, d.verified) for d in report.diagnoses] == [("missing-flatten", True)]
+    assert report.diagnoses[0].output_shapes_after_fix == [(1, 2)]
 
 
 def test_meta_model_is_dry_run_automatically():

@@ -142,10 +142,14 @@ def _registered(container: Any, device: torch.device) -> nn.Module:
 
 
 def _data_device(ctx: Context) -> torch.device | None:
+    """Where the first input lives (a dry run's shape-only ``meta`` input: where it ran)."""
     from .._inputs import tensors_in
 
     tensors = tensors_in((ctx.args, ctx.kwargs))
-    return tensors[0].device if tensors else None
+    if not tensors or not ctx.trace.inputs:
+        return None
+    meta = tensors[0].device.type == "meta" and ctx.trace.dry_run
+    return torch.device(ctx.trace.inputs[0].device) if meta else tensors[0].device
 
 
 def _seen_devices(ctx: Context, layer: Layer | None) -> dict[str, list[str]]:
@@ -156,7 +160,9 @@ def _seen_devices(ctx: Context, layer: Layer | None) -> dict[str, list[str]]:
         seen.setdefault(t.device, []).append(f"input {i} {shape(t.shape)}")
     module = ctx.module(layer) if layer is not None and layer.kind == "module" else None
     for name, p in module.named_parameters() if module is not None else ():
-        seen.setdefault(str(p.device), []).append(f"{name} {shape(tuple(p.shape))}")
+        # a dry run with a device ran every registered weight there, whatever its own device
+        where = ctx.trace.weights_on or str(p.device)
+        seen.setdefault(where, []).append(f"{name} {shape(tuple(p.shape))}")
     return seen
 
 
