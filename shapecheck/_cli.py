@@ -101,18 +101,20 @@ def _demo() -> int:
     import torch
 
     from ._explain import explain
-    from .demo import seed_model, seed_model_fixed
+    from .demo import seed_model
 
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = seed_model()
     try:
-        seed_model()(image)
+        model(image)
     except RuntimeError as error:  # the seed's bug: what PyTorch alone says
         print(f"PyTorch, on the learner's CNN called as model(img.unsqueeze(0)):\n\n"
               f"    RuntimeError: {error}\n")  # fmt: skip
-    print("shapecheck.explain(model, img.unsqueeze(0)):\n")
-    print(explain(seed_model(), image))
-    print("\n\nWith nn.Flatten() inserted at index 6:\n")
-    print(explain(seed_model_fixed(), image))
+    print("report = shapecheck.explain(model, img.unsqueeze(0)):\n")
+    report = explain(model, image)
+    print(report)
+    print("\n\nfixed = report.diagnoses[0].apply(model)   # a copy with the verified fix:\n")
+    print(explain(report.diagnoses[0].apply(model), image))
     return 0
 
 

@@ -10,7 +10,7 @@ import copy
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -37,10 +37,20 @@ class Applied:
 
 @dataclass(frozen=True)
 class Fix:
-    """A change to try: ``summary`` says it in words, ``code`` shows it as code."""
+    """A change to try: ``summary`` says it in words, ``code`` shows it as code.
+
+    ``changes`` says what it edits: ``"model"`` fixes can be kept in a copy of the model
+    (``Diagnosis.apply``); the others edit the input, a line of ``forward``, the loss target or
+    the output, or (this base class) nothing: a suggestion that no re-run can try.
+    """
 
     summary: str
     code: str
+    _edits: ClassVar[str] = "nothing: it is a suggestion"
+
+    @property
+    def changes(self) -> str:
+        return self._edits
 
     @contextmanager
     def applied(self, base: Applied) -> Iterator[Applied]:
@@ -68,6 +78,7 @@ def swapped(model: nn.Module, path: str, new: nn.Module) -> Iterator[nn.Module]:
 class InsertModule(Fix):
     """Insert a module into an ``nn.Sequential`` at ``index``: a new Sequential, same children."""
 
+    _edits: ClassVar[str] = "model"
     sequential_path: str = ""
     index: int = 0
     make: Callable[[], nn.Module] = nn.Identity
@@ -85,6 +96,7 @@ class InsertModule(Fix):
 class ReplaceModule(Fix):
     """Replace the module at ``path`` with a freshly built one (e.g. a Linear of the right size)."""
 
+    _edits: ClassVar[str] = "model"
     path: str = ""
     make: Callable[[], nn.Module] = nn.Identity
 
@@ -110,6 +122,7 @@ class _Before(nn.Module):
 class WrapModuleInput(Fix):
     """Transform the first input of the module at ``path`` (e.g. flatten before a Linear)."""
 
+    _edits: ClassVar[str] = "model"
     path: str = ""
     transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
 
@@ -124,6 +137,7 @@ class WrapModuleInput(Fix):
 class TransformInput(Fix):
     """Transform positional input ``position`` of the model (e.g. ``x.unsqueeze(0)``)."""
 
+    _edits: ClassVar[str] = "the input"
     position: int = 0
     transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
 
@@ -138,6 +152,7 @@ class TransformInput(Fix):
 class RewriteCall(Fix):
     """Replace one functional call, found by its source line and name, during the re-run."""
 
+    _edits: ClassVar[str] = "a line of forward()"
     source: str = ""
     name: str = ""
     replacement: Rewrite = lambda args, kwargs: None
@@ -152,6 +167,7 @@ class RewriteCall(Fix):
 class ConvertTarget(Fix):
     """Convert the loss target (e.g. one-hot masks to class indices with ``argmax(1)``)."""
 
+    _edits: ClassVar[str] = "the loss target"
     transform: Callable[[Any], Any] = lambda t: t
 
     @contextmanager
@@ -171,6 +187,7 @@ class SetAttribute(Fix):
     also reaches attributes that ``_modules`` does not hold, like a plain Python list of layers.
     """
 
+    _edits: ClassVar[str] = "model"
     owner: str = ""
     name: str = ""
     make: Callable[[Any], Any] = lambda old: old
@@ -217,6 +234,7 @@ class _BeforeArgs(nn.Module):
 class WrapModuleArgs(Fix):
     """Rewrite every argument of the module at ``path``: ``(args, kwargs) -> (args, kwargs)``."""
 
+    _edits: ClassVar[str] = "model"
     path: str = ""
     transform: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, Any]] = lambda args, kwargs: (
         args,
@@ -246,6 +264,7 @@ class _After(nn.Module):
 class TransformOutput(Fix):
     """Transform the model's output before the loss sees it (``out.transpose(1, 2)``, say)."""
 
+    _edits: ClassVar[str] = "the output the loss sees"
     transform: Callable[[Any], Any] = lambda out: out
 
     @contextmanager
@@ -258,6 +277,7 @@ class TransformOutput(Fix):
 class ConvertModel(Fix):
     """Re-run a converted copy of the whole model (``model.double()``); the model stays as is."""
 
+    _edits: ClassVar[str] = "model"
     convert: Callable[[nn.Module], nn.Module] = lambda model: model
 
     @contextmanager
@@ -271,6 +291,10 @@ class Together(Fix):
     """Several fixes applied at once (one change in several places, like two lists to register)."""
 
     parts: tuple[Fix, ...] = ()
+
+    @property
+    def changes(self) -> str:
+        return next((p.changes for p in self.parts if p.changes != "model"), "model")
 
     @contextmanager
     def applied(self, base: Applied) -> Iterator[Applied]:

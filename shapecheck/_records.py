@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["Diagnosis", "Failure", "Layer", "Shape", "TensorInfo"]
 
@@ -114,7 +117,8 @@ class Diagnosis:
     ``verified`` is True only when the model was re-run with the fix applied and succeeded;
     ``output_shapes_after_fix`` are then the output shapes of that re-run.
     ``then`` holds the diagnoses of the next failure when the fixed model still fails
-    elsewhere, so a report can carry a whole repair plan.
+    elsewhere, so a report can carry a whole repair plan. ``fix`` is the change as code;
+    ``apply`` keeps it in a copy of the model.
     """
 
     rule: str
@@ -124,3 +128,20 @@ class Diagnosis:
     verified: bool = False
     output_shapes_after_fix: list[Shape] | None = None
     then: tuple[Diagnosis, ...] = field(default=())
+    change: Any = field(default=None, repr=False, compare=False)  # the structured fix
+    #: fingerprint of the layers (paths and types) of the model the fix was made for
+    made_for: int | None = field(default=None, repr=False, compare=False)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """A fixed copy of ``model``: this fix and the rest of its plan, as the re-run verified
+        them. ``model`` (the one given to ``explain``) is left as it is.
+
+        Raises:
+            ShapecheckError: the fix edits the input, a line of ``forward`` or the loss target
+                rather than the layers (make it in your code: the message shows it), or it
+                was not verified.
+            UsageError: ``model`` lacks the layers the fix names.
+        """
+        from ._apply import fixed_copy
+
+        return fixed_copy(self, model)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._apply import fingerprint
 from ._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
 from ._fixes import Applied
 from ._inputs import realise
@@ -67,7 +68,8 @@ def warn(
 ) -> list[Diagnosis]:
     """Warnings about a model that runs (each a rule id, a message and a fix)."""
     ctx = Context(trace, model, args, kwargs)
-    return [Diagnosis(f.rule, f.path, f.body + "\n" + _fix_text(f, None), f.fix.code)
+    return [Diagnosis(f.rule, f.path, f.body + "\n" + _fix_text(f, None), f.fix.code,
+                      change=f.fix)
             for f in find(ctx, WARNING_RULES)]  # fmt: skip
 
 
@@ -106,7 +108,7 @@ def _verify(
         message=finding.body + "\n" + _fix_text(finding, after, same),
         fix=finding.fix.code, verified=after.ok,
         output_shapes_after_fix=None if outputs is None else [t.shape for t in outputs],
-        then=then,
+        then=then, change=finding.fix, made_for=fingerprint(base.model),
     )  # fmt: skip
 
 

@@ -29,12 +29,13 @@ def _layer(layer: Layer) -> dict[str, Any]:
 
 
 def _diagnosis(d: Diagnosis) -> dict[str, Any]:
-    data = asdict(d)
-    data["output_shapes_after_fix"] = (
-        None if d.output_shapes_after_fix is None else [list(s) for s in d.output_shapes_after_fix]
-    )
-    data["then"] = [_diagnosis(t) for t in d.then]
-    return data
+    return {
+        "rule": d.rule, "path": d.path, "message": d.message, "fix": d.fix,
+        "verified": d.verified,
+        "output_shapes_after_fix": None if d.output_shapes_after_fix is None
+        else [list(s) for s in d.output_shapes_after_fix],
+        "then": [_diagnosis(t) for t in d.then],
+    }  # fmt: skip
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:

@@ -8,14 +8,16 @@ diagnosis' fix or the repair plan it starts).
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 
 import shapecheck
-from shapecheck import Diagnosis
+from shapecheck import Diagnosis, ShapecheckError
 
 CASES = Path(__file__).resolve().parents[2] / "shared" / "cases"
 FILES = sorted(CASES.glob("*.py")) if CASES.is_dir() else []
@@ -63,6 +65,7 @@ def results() -> dict[str, dict[str, Any]]:
             "rule": first.rule if first else None,
             "right_rule": first is not None and first.rule in FAMILY_RULES[expected["family"]],
             "verified": first is not None and _planned(first),
+            "report": report, "model": model, "args": args, **loss,
         }  # fmt: skip
     return found
 
@@ -72,6 +75,33 @@ def test_case_located(name: str, results: dict[str, dict[str, Any]]) -> None:
     outcome = results[name]
     assert outcome["path"] == outcome["expected"]["fails_at"]
     assert outcome["expected"]["error"] in outcome["message"]  # PyTorch's own error, traced
+
+
+def _steps(d: Diagnosis) -> list[Diagnosis]:
+    return [d, *_steps(d.then[0])] if d.then else [d]
+
+
+@pytest.mark.parametrize("name", [p.name for p in FILES])
+def test_case_fix_is_kept_or_refused(name: str, results: dict[str, dict[str, Any]]) -> None:
+    """A plan of layer edits is kept in a copy that really runs; any other fix is refused with
+    the code to write. The user's model stays broken either way."""
+    outcome = results[name]
+    model, args, first = outcome["model"], outcome["args"], outcome["report"].diagnoses[0]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    steps = _steps(first)
+    in_code = [s for s in steps if s.change.changes != "model"]
+    if in_code or not steps[-1].verified:
+        with pytest.raises(ShapecheckError, match=re.escape((in_code or [first])[0].fix)):
+            first.apply(model)
+    else:
+        with torch.no_grad():
+            out = first.apply(model)(*args)
+            if "loss_fn" in outcome:
+                outcome["loss_fn"](out, outcome["target"])
+        assert [tuple(out.shape)] == steps[-1].output_shapes_after_fix
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    loss = {k: outcome[k] for k in ("loss_fn", "target") if k in outcome}
+    assert shapecheck.explain(model, *args, **loss).failure is not None
 
 
 def test_corpus_rates(results: dict[str, dict[str, Any]], record_property: Any) -> None:

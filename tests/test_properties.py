@@ -18,6 +18,7 @@ from torch import nn
 from zoo import capture, fixed, run_fixed, tensor_shapes, unique_params
 
 import shapecheck
+from shapecheck._fixes import Fix
 
 ACTIVATIONS = [nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU]
 
@@ -122,6 +123,10 @@ def test_verified_fixes_really_make_the_forward_succeed(
         with fixed(model, (x,), diagnosis) as applied:
             out = run_fixed(applied)  # raises if the "verified" fix does not really run
         assert tensor_shapes(out) == diagnosis.output_shapes_after_fix, diagnosis.rule
+        if diagnosis.change.changes == "model":  # kept in a copy: the copy runs the same way
+            with torch.no_grad():
+                kept = diagnosis.apply(model)(x)
+            assert tensor_shapes(kept) == diagnosis.output_shapes_after_fix, diagnosis.rule
     assert capture(model, x).error is not None  # the user's model is still the broken one
 
 
@@ -140,8 +145,12 @@ def test_fix_helpers_can_fail():
     assert first.verified
     with fixed(model, (x,), first) as applied:
         assert tensor_shapes(run_fixed(applied)) == [(2, 5)]
-    bogus = shapecheck.Diagnosis("missing-flatten", "2", first.message, "nn.Identity()")
-    with pytest.raises(AssertionError, match="no finding matches"), fixed(model, (x,), bogus):
+    bogus_text = shapecheck.Diagnosis("missing-flatten", "2", first.message, "nn.Identity()")
+    bogus = shapecheck.Diagnosis("missing-flatten", "2", first.message, "pass",
+                                 change=Fix(summary="change nothing", code="pass"))  # fmt: skip
+    with pytest.raises(RuntimeError, match="cannot be multiplied"), fixed(model, (x,), bogus) as a:
+        run_fixed(a)
+    with pytest.raises(AssertionError, match="no structured fix"), fixed(model, (x,), bogus_text):
         pass
 
 

@@ -72,6 +72,10 @@ def test_usage_snippet_lines_do_what_their_comments_say() -> None:
             assert eval(code, scope) == ast.literal_eval(claim), line
             checked += 1
     assert checked >= 5
+    fixed = scope["fixed"]  # "a corrected copy: nn.Flatten() at index 6"
+    assert isinstance(fixed, torch.nn.Sequential)
+    assert isinstance(fixed[6], torch.nn.Flatten)
+    assert fixed(torch.randn(2, 3, 32, 32)).shape == (2, 2)
 
 
 def test_shape_contract_snippet_runs_as_written() -> None:

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shapecheck import Diagnosis
-from shapecheck._diagnose import FAILURE_RULES, Context, Finding, find
-from shapecheck._fixes import Applied
+from shapecheck._fixes import Applied, Fix
 from shapecheck._trace import run_trace
 
 # -- independent references ---------------------------------------------------------------------
@@ -103,23 +102,12 @@ def capture(model: nn.Module, *args: Any, **kwargs: Any) -> Captured:
 # -- applying a diagnosis' fix for real ---------------------------------------------------------
 
 
-def finding_for(model: nn.Module, args: tuple[Any, ...], diagnosis: Diagnosis) -> Finding:
-    """The rule finding behind ``diagnosis`` (the Diagnosis record carries only the fix's text)."""
-    trace = run_trace(model, args, {}, dry_run=False)
-    findings = find(Context(trace, model, args, {}), FAILURE_RULES)
-    for finding in findings:
-        if (finding.rule, finding.path, finding.fix.code) == (
-            diagnosis.rule, diagnosis.path, diagnosis.fix,
-        ):  # fmt: skip
-            return finding
-    raise AssertionError(f"no finding matches {diagnosis.rule} at {diagnosis.path!r}: {findings}")
-
-
 @contextmanager
 def fixed(model: nn.Module, args: tuple[Any, ...], diagnosis: Diagnosis) -> Iterator[Applied]:
     """The fixed view of ``model`` that ``diagnosis`` proposes, for the duration of the block."""
-    finding = finding_for(model, args, diagnosis)
-    with finding.fix.applied(Applied(model, args, {})) as applied:
+    if not isinstance(diagnosis.change, Fix):
+        raise AssertionError(f"{diagnosis.rule} at {diagnosis.path!r} carries no structured fix")
+    with diagnosis.change.applied(Applied(model, args, {})) as applied:
         yield applied
 
 
