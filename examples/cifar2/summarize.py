@@ -88,7 +88,7 @@ def _timings(runs: list[Record]) -> str:
 
 
 def _name(record: Record) -> str:
-    name = record["model"] + (f" ({record['blocks']} blocks)" if record.get("blocks") else "")
+    name = str(record["model"]) + (f" ({record['blocks']} blocks)" if record.get("blocks") else "")
     if record.get("train_size", FULL_TRAIN) < FULL_TRAIN:
         name += f" [first {record['train_size']:,} images]"
     return name

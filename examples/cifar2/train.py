@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
+import book_models
 import torch
 from data import Cifar2, DataError, load_cifar2
 from models import MODELS, build_model, count_params
@@ -235,6 +236,17 @@ def explain_text(model: nn.Module, batch: torch.Tensor) -> str:
     return str(_import_shapecheck().explain(model, batch))
 
 
+def seed_fixed_by_shapecheck(batch: torch.Tensor) -> nn.Module:
+    """The seed's broken Sequential, diagnosed by shapecheck (the report is printed), and the
+    copy that keeps its verified fix: ``nn.Flatten()`` at index 6, the same weights."""
+    broken = book_models.seed_sequential().to(batch.device)
+    report = _import_shapecheck().explain(broken, batch)
+    print(f"The seed's Sequential, as the notebook wrote it:\n\n{report}\n", flush=True)
+    fixed: nn.Module = report.diagnoses[0].apply(broken)
+    print("Training report.diagnoses[0].apply(model), the copy with the fix:\n", flush=True)
+    return fixed
+
+
 def plot_curves(history: History, path: Path) -> None:
     """Save training loss and val accuracy per epoch as an image."""
     import matplotlib  # an example extra: imported only when a plot is asked for
@@ -313,6 +325,8 @@ def make_record(
         "train_acc": round(accs[0], 4),
         "val_acc": round(accs[1], 4),
         "final_loss": round(history.losses[-1], 5),
+        "losses": [round(loss, 5) for loss in history.losses],
+        "val_accs": [round(acc, 4) for acc in history.val_accs],  # per epoch, with --plot
         "wall_s": round(history.wall_s, 3),
         "samples_per_s": round(history.samples_per_s, 1),
         "device": device_name(pick_device(args.device)),
@@ -334,8 +348,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit:
         train = Cifar2(train.images[: args.limit], train.labels[: args.limit])
     torch.manual_seed(args.seed)
-    model = build_model(args.model, args.blocks).to(device)
-    print(explain_text(model, train.images[: settings.batch_size].to(device)), flush=True)
+    batch = train.images[: settings.batch_size].to(device)
+    if args.model == "seq":  # the whole story: the bug, shapecheck's fix, then training
+        model = seed_fixed_by_shapecheck(batch)
+    else:
+        model = build_model(args.model, args.blocks).to(device)
+    print(explain_text(model, batch), flush=True)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     runner = cast(nn.Module, torch.compile(model)) if args.compile else model
