@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU measurement for RESULTS.md. Run from the repository root on a machine with a
-# CUDA GPU and the venv; it downloads nothing. It expects CIFAR-10 (the airplane/bird copy is
-# enough) in the git-ignored folder .gpu/cifar-10-batches-py, e.g. prepared beforehand with
+# CUDA GPU and a CUDA build of torch (PY=... picks the interpreter; the default is python3); it
+# downloads nothing. It expects CIFAR-10 (the airplane/bird copy is enough) in the git-ignored
+# folder .gpu/cifar-10-batches-py, e.g. prepared beforehand with
 #     mkdir -p .gpu && cp -r ../shared/data/cifar-10-batches-py .gpu/
 # and appends one JSON line per run to examples/cifar2/results-gpu.jsonl.
 #
@@ -14,7 +15,7 @@ set -euo pipefail
 
 PHASE="${1:-all}"
 SEEDS="${SEEDS:-123 124 125}"
-PY="${PY:-.venv/bin/python}"
+PY="${PY:-python3}"  # the GPU machine's own torch; train.py finds shapecheck in this checkout
 DATA=.gpu
 OUT=examples/cifar2/results-gpu.jsonl
 
