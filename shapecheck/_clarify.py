@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from ._report import add_note
+from ._report import Report, add_note
 
 __all__ = ["clarify"]
 
@@ -20,7 +20,9 @@ class clarify(ContextDecorator):
 
     The exception keeps its type, message and traceback; the layer table, the failing layer
     and the verified fix are added as a note (``BaseException.add_note``). Works as a context
-    manager and as a decorator.
+    manager and as a decorator. Global module hooks see positional arguments only, so a call
+    that needs keyword arguments is explained at the outermost module inside it that raises the
+    error again; when none does, the note says so instead of explaining another failure.
 
     Example:
         >>> import torch, shapecheck
@@ -38,6 +40,8 @@ class clarify(ContextDecorator):
         self._handles: list[RemovableHandle] = []
         self._depth = 0
         self._busy = False
+        self._error: BaseException | None = None  # the error now leaving modules, and
+        self._left: list[tuple[nn.Module, tuple[Any, ...]]] = []  # the calls it left, inner first
 
     def __enter__(self) -> clarify:
         self._handles = [
@@ -51,6 +55,7 @@ class clarify(ContextDecorator):
             handle.remove()
         self._handles = []
         self._depth = 0
+        self._error, self._left = None, []
 
     def _enter_module(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not self._busy:
@@ -61,24 +66,67 @@ class clarify(ContextDecorator):
             return
         self._depth -= 1
         error = sys.exc_info()[1] if output is None else None
-        if self._depth == 0 and isinstance(error, Exception) and not _tracing():
-            self._annotate(error, module, args)
+        if isinstance(error, Exception):
+            if error is not self._error:  # a new error (an earlier one was caught inside)
+                self._error, self._left = error, []
+            self._left.append((module, args))
+        if self._depth > 0:
+            return
+        calls = self._left[::-1] if error is self._error else []
+        self._error, self._left = None, []
+        if isinstance(error, Exception) and not _tracing():
+            self._annotate(error, calls)
 
-    def _annotate(self, error: Exception, module: nn.Module, args: tuple[Any, ...]) -> None:
-        from ._explain import explain
-
+    def _annotate(self, error: Exception, calls: list[tuple[nn.Module, tuple[Any, ...]]]) -> None:
+        """Explain the outermost call that raises the error again when replayed from its
+        positional arguments; say so plainly when none does."""
         self._busy = True
         try:
-            report = explain(module, *args, dry_run=True)
-            if report.failure is not None and type(report.failure.exception) is not type(error):
-                report = explain(module, *args)  # fake tensors could not replay this op
+            for module, args in _unique(calls):
+                report = _replay(module, args, error)
+                if report is not None:
+                    add_note(error, "shapecheck: the forward pass, layer by layer\n" + str(report))
+                    return
         except Exception as inner:  # the note must never replace the user's own error
             add_note(error, f"shapecheck: could not explain this failure ({inner!r})")
             return
         finally:
             self._busy = False
-        if report.failure is not None:
-            add_note(error, "shapecheck: the forward pass, layer by layer\n" + str(report))
+        add_note(error, _NOT_REPLAYED)
+
+
+_NOT_REPLAYED = (
+    "shapecheck: replaying this forward from its positional arguments did not raise this error "
+    "again (clarify() cannot see keyword arguments); call shapecheck.explain(model, *args, "
+    "**kwargs) to explain it"
+)
+
+
+def _unique(
+    calls: list[tuple[nn.Module, tuple[Any, ...]]],
+) -> list[tuple[nn.Module, tuple[Any, ...]]]:
+    seen: list[nn.Module] = []
+    kept = []
+    for module, args in calls:
+        if not any(module is m for m in seen):
+            seen.append(module)
+            kept.append((module, args))
+    return kept
+
+
+def _replay(module: nn.Module, args: tuple[Any, ...], error: Exception) -> Report | None:
+    """The report of ``module(*args)`` if it raises ``error`` again (dry first, then real)."""
+    from ._explain import explain
+
+    report = explain(module, *args, dry_run=True)
+    if report.failure is not None and type(report.failure.exception) is not type(error):
+        report = explain(module, *args)  # fake tensors could not replay this op
+    failure = report.failure
+    if failure is None or type(failure.exception) is not type(error):
+        return None
+    if not report.dry_run and str(failure.exception) != str(error):
+        return None
+    return report
 
 
 def _tracing() -> bool:

@@ -105,3 +105,44 @@ def test_explain_failures_inside_clarify_do_not_recurse():
         report = shapecheck.explain(seed_model(), torch.randn(1, 3, 32, 32))
     assert report.failure is not None
     assert not getattr(report.failure.exception, "__notes__", [])
+
+
+class _KeywordOnly(nn.Module):
+    """Needs a keyword argument, which clarify()'s global hooks never see."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor, *, scale: float) -> torch.Tensor:
+        out: torch.Tensor = self.inner(x) * scale
+        return out
+
+
+def test_a_keyword_call_is_explained_at_the_module_that_raised():
+    model = _KeywordOnly(seed_model())  # the seed's bug, one level down
+    with pytest.raises(RuntimeError, match="64x8 and 512x32") as caught, shapecheck.clarify():
+        model(torch.randn(1, 3, 32, 32), scale=2.0)
+    (note,) = caught.value.__notes__
+    assert "insert nn.Flatten() at index 6" in note
+    assert "keyword" not in note  # the replay of the inner Sequential reproduced the error
+
+
+class _ViewsInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, *, scale: float) -> torch.Tensor:
+        out: torch.Tensor = self.fc(x.view(-1, 3)) * scale
+        return out
+
+
+def test_an_error_no_replay_reproduces_gets_a_plain_note_not_a_wrong_report():
+    with pytest.raises(RuntimeError, match="invalid for input of size 8") as caught, \
+            shapecheck.clarify():  # fmt: skip
+        _ViewsInForward()(torch.randn(2, 4), scale=2.0)
+    (note,) = caught.value.__notes__
+    assert "cannot see keyword arguments" in note
+    assert "shapecheck.explain(model, *args, **kwargs)" in note
+    assert "missing 1 required keyword-only argument" not in note  # the replay's own failure
