@@ -106,16 +106,15 @@ class ReplaceModule(Fix):
             yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
 
 
-class _Before(nn.Module):
-    """Runs a tensor transform, then the wrapped module (used only inside a fix's re-run)."""
-
-    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], inner: nn.Module):
-        super().__init__()
-        self.transform = transform
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return self.inner(self.transform(x), *args, **kwargs)
+@contextmanager
+def _pre_hook(module: nn.Module, hook: Callable[..., Any], with_kwargs: bool) -> Iterator[None]:
+    """``hook`` rewrites the module's arguments for the block. A hook, not a wrapper module:
+    a kept copy (``Diagnosis.apply``) has the same layers and ``state_dict`` keys."""
+    handle = module.register_forward_pre_hook(hook, with_kwargs=with_kwargs, prepend=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @dataclass(frozen=True)
@@ -128,9 +127,13 @@ class WrapModuleInput(Fix):
 
     @contextmanager
     def applied(self, base: Applied) -> Iterator[Applied]:
-        inner = base.model.get_submodule(self.path)
-        with swapped(base.model, self.path, _Before(self.transform, inner)) as model:
-            yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
+        transform = self.transform
+
+        def first(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (transform(args[0]), *args[1:])
+
+        with _pre_hook(base.model.get_submodule(self.path), first, with_kwargs=False):
+            yield base
 
 
 @dataclass(frozen=True)
@@ -217,19 +220,6 @@ def _restore_attribute(module: nn.Module, name: str, child: Any, plain: Any) -> 
         module.__dict__[name] = plain
 
 
-class _BeforeArgs(nn.Module):
-    """Rewrites all arguments, then calls the wrapped module (only inside a fix's re-run)."""
-
-    def __init__(self, transform: Callable[..., tuple[Any, Any]], inner: nn.Module) -> None:
-        super().__init__()
-        self.transform = transform
-        self.inner = inner
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        args, kwargs = self.transform(args, kwargs)
-        return self.inner(*args, **kwargs)
-
-
 @dataclass(frozen=True)
 class WrapModuleArgs(Fix):
     """Rewrite every argument of the module at ``path``: ``(args, kwargs) -> (args, kwargs)``."""
@@ -243,9 +233,13 @@ class WrapModuleArgs(Fix):
 
     @contextmanager
     def applied(self, base: Applied) -> Iterator[Applied]:
-        inner = base.model.get_submodule(self.path)
-        with swapped(base.model, self.path, _BeforeArgs(self.transform, inner)) as model:
-            yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
+        transform = self.transform
+
+        def every(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+            return transform(args, kwargs)
+
+        with _pre_hook(base.model.get_submodule(self.path), every, with_kwargs=True):
+            yield base
 
 
 class _After(nn.Module):

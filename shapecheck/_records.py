@@ -134,7 +134,9 @@ class Diagnosis:
 
     def apply(self, model: nn.Module) -> nn.Module:
         """A fixed copy of ``model``: this fix and the rest of its plan, as the re-run verified
-        them. ``model`` (the one given to ``explain``) is left as it is.
+        them. ``model`` (the one given to ``explain``) is left as it is. A change to a layer's
+        input (flatten before ``fc``) is kept as a forward pre-hook on that layer, so names and
+        ``state_dict`` keys stay the same; move it into your ``forward`` for good.
 
         Raises:
             ShapecheckError: the fix edits the input, a line of ``forward`` or the loss target

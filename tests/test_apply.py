@@ -75,6 +75,10 @@ def test_a_custom_module_gets_its_fix_kept_too() -> None:
     assert [tuple(fixed(x).shape)] == first.output_shapes_after_fix == [(2, 5)]
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         model(x)  # the original still has the bug
+    # the same layers under the same names: checkpoints of the original load into the copy
+    assert repr(fixed) == repr(model)
+    fixed.load_state_dict(model.state_dict())
+    assert len(model.fc._forward_pre_hooks) == 0  # the fix lives in the copy only
 
 
 def test_a_fix_to_the_input_is_refused_with_the_code_to_write() -> None:
