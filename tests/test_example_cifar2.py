@@ -367,10 +367,12 @@ def test_summarize_groups_seeds_and_pairs_loader_runs() -> None:
     base |= {"device": "cpu", "params": 18_090, "train_acc": 0.9, "wall_s": 1.0, "load_1m": 2.0}
     records = [
         base | {"seed": 1, "loader": "tensor", "val_acc": 0.88, "samples_per_s": 900.0},
-        base | {"seed": 2, "loader": "tensor", "val_acc": 0.90, "samples_per_s": 1000.0},
+        base
+        | {"seed": 2, "loader": "tensor", "val_acc": 0.90, "samples_per_s": 1000.0, "threads": 1},
         base | {"seed": 1, "loader": "dataloader", "val_acc": 0.89, "samples_per_s": 100.0},
         base | {"seed": 1, "loader": "tensor", "val_acc": 0.89, "samples_per_s": 800.0},
     ]
     text = summarize.summarize(records)
     assert "| net | 18,090 | 3 | 2 (1, 2) | 0.900 (0.900–0.900) | 0.890 (0.880–0.900) |" in text
+    assert "| 1.0 @2.0 · 1.0 @2.0 (1 thread) |" in text
     assert "| 100 | 800 | 8.0x |" in text

@@ -83,8 +83,13 @@ def _book_cells(record: Record) -> str:
 
 
 def _timings(runs: list[Record]) -> str:
-    """Each run's wall time with the load it ran under: CPU timings on a shared machine vary."""
-    return " · ".join(f"{r['wall_s']:,.1f} @{r.get('load_1m', 0.0):.1f}" for r in runs)
+    """Each run's wall time with the load it ran under (and its thread count, when the run was
+    limited to one): CPU timings on a shared machine vary."""
+    return " · ".join(
+        f"{r['wall_s']:,.1f} @{r.get('load_1m', 0.0):.1f}"
+        + (" (1 thread)" if r.get("threads") == 1 else "")
+        for r in runs
+    )
 
 
 def _name(record: Record) -> str:
