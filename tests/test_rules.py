@@ -307,3 +307,45 @@ def test_no_warnings_on_a_clean_model() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
     assert _warnings(model.eval(), torch.randn(2, 3, 8, 8), loss_fn=nn.CrossEntropyLoss(),
                      target=torch.tensor([0, 1])) == []  # fmt: skip
+
+
+class _AttnAfterEmbedding(nn.Module):
+    """Embeddings of 48 features into an attention built for 64: a plain embed_dim mismatch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 48)
+        self.attn = nn.MultiheadAttention(64, 8, batch_first=True)
+
+    def forward(self, ids: torch.Tensor) -> Any:
+        x = self.emb(ids)
+        return self.attn(x, x, x)[0]
+
+
+def test_an_embed_dim_mismatch_gets_a_verified_attention_of_the_right_size() -> None:
+    model, ids = _AttnAfterEmbedding(), torch.zeros(2, 5, dtype=torch.long)
+    report = shapecheck.explain(model, ids)
+    first = report.diagnoses[0]
+    assert (first.rule, first.path, first.verified) == ("attention-dim", "attn", True)
+    assert first.fix == "nn.MultiheadAttention(48, 8, batch_first=True)"
+    assert first.output_shapes_after_fix == [(2, 5, 48)]
+    assert tuple(first.apply(model)(ids).shape) == (2, 5, 48)
+    assert [d.fix for d in report.diagnoses[1:]] == ["nn.Linear(48, 64)"]  # still offered
+
+
+def test_the_resized_attention_takes_the_most_heads_that_divide_the_features() -> None:
+    model = nn.Sequential(nn.Linear(4, 30))
+    attn = nn.MultiheadAttention(64, 8)
+
+    class Wrapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.front, self.attn = model, attn
+
+        def forward(self, x: torch.Tensor) -> Any:
+            y = self.front(x)
+            return self.attn(y, y, y)[0]
+
+    first = shapecheck.explain(Wrapped(), torch.randn(5, 2, 4)).diagnoses[0]
+    assert first.fix == "nn.MultiheadAttention(30, 6)"  # 8 and 7 do not divide 30
+    assert first.verified

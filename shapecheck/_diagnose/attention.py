@@ -28,7 +28,7 @@ def attention_dim(ctx: Context) -> list[Finding]:
         return []
     q = layer.inputs[0].shape
     if q[-1] != module.embed_dim:
-        return [_embed(ctx, layer, module, q)]
+        return _embed(ctx, layer, module, q)
     if len(layer.inputs) >= 3:
         k, v = layer.inputs[1].shape, layer.inputs[2].shape
         if k[-1] != module.kdim or v[-1] != module.vdim:
@@ -38,7 +38,7 @@ def attention_dim(ctx: Context) -> list[Finding]:
 
 def _embed(
     ctx: Context, layer: Layer, module: nn.MultiheadAttention, q: tuple[int, ...]
-) -> Finding:
+) -> list[Finding]:
     e = module.embed_dim
     layout = "(N, L, E)" if module.batch_first else "(L, N, E)"
     expected = f"  expected  {layout} with E = embed_dim = {e}"
@@ -65,13 +65,32 @@ def _embed(
             layer,
             q,
         )
-        return Finding(
-            "attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0
-        )
-    cause = f"cause: the last dim of the query is {q[-1]}, not embed_dim={e}"
-    fix = Fix(summary=f"project the features to {e} first", code=f"nn.Linear({q[-1]}, {e})")
-    return Finding(
-        "attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 0.9
+        return [
+            Finding(
+                "attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0
+            )
+        ]
+    body = layer_message(ctx, layer, expected, f"cause: the last dim of the query is {q[-1]}, "
+                         f"not embed_dim={e}")  # fmt: skip
+    project = Fix(summary=f"project the features to {e} first", code=f"nn.Linear({q[-1]}, {e})")
+    return [
+        Finding("attention-dim", layer.path, body, _resized(layer, module, q[-1]), 0.9),
+        Finding("attention-dim", layer.path, body, project, 0.85),
+    ]
+
+
+def _resized(layer: Layer, module: nn.MultiheadAttention, features: int) -> Fix:
+    """The attention built for the features it is given (heads: the most that divide them)."""
+    heads = max(h for h in range(1, module.num_heads + 1) if features % h == 0)
+    new = nn.MultiheadAttention(features, heads, dropout=module.dropout,
+                                bias=module.in_proj_bias is not None,
+                                batch_first=module.batch_first)  # fmt: skip
+    return ReplaceModule(
+        summary=f"build the attention for {features} features",
+        code=f"nn.MultiheadAttention({features}, {heads}"
+        + (", batch_first=True)" if module.batch_first else ")"),
+        path=layer.path,
+        make=lambda: new,
     )
 
 
