@@ -376,3 +376,21 @@ def test_summarize_groups_seeds_and_pairs_loader_runs() -> None:
     assert "| net | 18,090 | 3 | 2 (1, 2) | 0.900 (0.900–0.900) | 0.890 (0.880–0.900) |" in text
     assert "| 1.0 @2.0 · 1.0 @2.0 (1 thread) |" in text
     assert "| 100 | 800 | 8.0x |" in text
+
+
+def test_summarize_checks_the_book_target_once_per_seed() -> None:
+    base = {"epochs": 100, "train_size": 10_000, "batch_size": 64, "lr": 0.01, "device": "cpu"}
+    base |= {"params": 1, "train_acc": 0.9, "wall_s": 1.0, "samples_per_s": 1.0, "loader": "tensor"}
+    records = [
+        base | {"model": "net", "seed": 1, "val_acc": 0.86},
+        base | {"model": "net", "seed": 1, "val_acc": 0.86},  # the same seed again: counts once
+        base | {"model": "net", "seed": 2, "val_acc": 0.89},
+        base | {"model": "dropout", "seed": 1, "val_acc": 0.87},
+        base | {"model": "width", "seed": 1, "val_acc": 0.95, "epochs": 15},  # not the recipe
+    ]
+    table = summarize.book_table(summarize.group(records))
+    assert "| net | 3 (1, 2) | 0.875 (0.860–0.890) | 0.89 | -1.5 points | yes |" in table
+    assert "| dropout | 1 (1) | 0.870 | 0.88 | -1.0 points | yes |" in table
+    assert "width" not in table
+    failing = summarize.book_table(summarize.group(records[:2]))
+    assert "| net | 2 (1) | 0.860 | 0.89 | -3.0 points | no |" in failing
