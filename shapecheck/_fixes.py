@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ._inputs import uncompiled
 from ._trace import Rewrite
 
 __all__ = [
@@ -66,6 +67,11 @@ def swapped(model: nn.Module, path: str, new: nn.Module) -> Iterator[nn.Module]:
         return
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path)
+    if name == "_orig_mod" and uncompiled(parent) is not parent:
+        # torch.compile's wrapper calls the module it was built with: swap the wrapper itself
+        with swapped(model, parent_path, new) as swapped_model:
+            yield swapped_model
+        return
     old = parent._modules[name]
     parent._modules[name] = new
     try:

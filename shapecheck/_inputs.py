@@ -13,6 +13,7 @@ from ._errors import UsageError
 
 __all__ = [
     "make_inputs", "parse_device", "parse_dtype", "realise", "require_module", "tensors_in",
+    "uncompiled",
 ]  # fmt: skip
 
 _PASS_THROUGH = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
@@ -28,6 +29,15 @@ def require_module(model: object) -> nn.Module:
     elif callable(model):
         hint = " Plain functions are not traced; wrap the code in an nn.Module."
     raise UsageError(f"model must be a torch.nn.Module instance, got {type(model).__name__}.{hint}")
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile(module)``: its layers, paths and shapes are the ones
+    traced and fixed (the compiled wrapper only changes how they run)."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return uncompiled(inner)
+    return model
 
 
 def parse_dtype(value: object) -> torch.dtype:

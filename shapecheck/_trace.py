@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +127,7 @@ def run_trace(
     try:
         with ExitStack() as stack:
             stack.enter_context(torch.set_grad_enabled(grad))
+            stack.enter_context(_eager())
             forward: Callable[..., Any] = model
             if dry is not None:
                 forward, args, kwargs = stack.enter_context(dry.prepare(model, args, kwargs))
@@ -152,6 +153,13 @@ def run_trace(
     if dry is not None and dry.target is not None:
         trace.weights_on = dry.device_alias.get(dry.target.type, str(dry.target))
     return trace
+
+
+def _eager() -> AbstractContextManager[Any]:
+    """Compiled submodules run eagerly while traced: hooks and fake tensors see every layer,
+    and nothing is compiled just to be explained (``set_stance`` exists from torch 2.6)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return nullcontext() if set_stance is None else set_stance("force_eager")
 
 
 def _fake_cannot(error: Exception | None, dry: DryRun) -> bool:

@@ -377,3 +377,64 @@ def test_view_batch_in_the_book_net_is_found(dry_run: bool):
 def test_plain_function_is_not_traced_silently():
     with pytest.raises(shapecheck.UsageError, match=r"nn\.Module"):
         shapecheck.explain(F.relu, torch.randn(2))  # type: ignore[arg-type]
+
+
+# -- torch.compile'd models -----------------------------------------------------------------------
+
+
+class _CompiledBody(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = torch.compile(body, backend="eager")
+        self.head = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.body(x))
+        return out
+
+
+def test_a_compiled_model_is_explained_as_the_module_inside():
+    from shapecheck.demo import seed_model
+
+    model, x = seed_model(), torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, backend="eager")
+    report = shapecheck.explain(compiled, x)
+    plain = shapecheck.explain(model, x)
+    assert report.model_type == "Sequential"
+    assert [(r.path, r.output_shapes) for r in report.layers] == [
+        (r.path, r.output_shapes) for r in plain.layers
+    ]
+    assert report.failure is not None
+    assert report.failure.path == "6"
+    assert [(d.rule, d.verified) for d in report.diagnoses] == [("missing-flatten", True)]
+    fixed = report.diagnoses[0].apply(compiled)  # an eager copy: compile it again if wanted
+    assert isinstance(fixed[6], nn.Flatten)
+    assert fixed(x).shape == (2, 2)
+
+
+def test_a_compiled_model_that_already_ran_compiled_is_traced_eagerly():
+    from shapecheck.demo import seed_model_fixed
+
+    compiled, x = torch.compile(seed_model_fixed(), backend="eager"), torch.randn(2, 3, 32, 32)
+    expected = compiled(x)  # compiles (dynamo's eager backend: no code generation)
+    report = shapecheck.explain(compiled, x)
+    assert report.ok, report
+    assert report.output_shapes == [tuple(expected.shape)]
+    assert len(report.layers) == 11  # every layer has its row: hooks saw the eager forward
+
+
+def test_a_fix_inside_a_compiled_submodule_is_verified_and_kept():
+    from shapecheck.demo import seed_model
+
+    model, x = _CompiledBody(seed_model()), torch.randn(2, 3, 32, 32)
+    report = shapecheck.explain(model, x)
+    assert report.failure is not None
+    assert report.failure.path == "body._orig_mod.6"
+    first = report.diagnoses[0]
+    assert (first.rule, first.verified, first.output_shapes_after_fix) == (
+        "missing-flatten", True, [(2, 2)],
+    )  # fmt: skip
+    assert first.apply(model)(x).shape == (2, 2)
+    assert type(model.body).__name__ == "OptimizedModule"  # the user's model keeps its wrapper
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        model.body._orig_mod(x)
