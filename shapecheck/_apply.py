@@ -9,7 +9,7 @@ from torch import nn
 
 from ._errors import ShapecheckError, UsageError
 from ._fixes import Applied, Fix
-from ._inputs import uncompiled
+from ._inputs import unwrapped
 from ._records import Diagnosis
 
 __all__ = ["fingerprint", "fixed_copy"]
@@ -28,7 +28,7 @@ def fixed_copy(diagnosis: Diagnosis, model: nn.Module) -> nn.Module:
     The fixes are swapped into ``model`` only while it is copied, as during their re-run, so
     ``model`` itself ends as it was.
     """
-    model = uncompiled(model)  # explain traced the module inside torch.compile too
+    model = unwrapped(model)  # explain traced the module inside the wrapper too
     steps = _plan(diagnosis)
     _check_keepable(diagnosis, steps)
     if diagnosis.made_for is not None and diagnosis.made_for != fingerprint(model):

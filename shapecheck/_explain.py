@@ -12,7 +12,7 @@ from ._dry import available, is_meta_model
 from ._errors import UsageError
 from ._fixes import Applied
 from ._flops import FlopCounter
-from ._inputs import make_inputs, parse_device, require_module, uncompiled
+from ._inputs import make_inputs, parse_device, require_module, unwrapped
 from ._loss import loss_hooks, loss_module
 from ._memory import SavedTensors, check_optimizer, training_memory
 from ._params import param_totals
@@ -74,7 +74,7 @@ def explain(
         >>> report.ok, report.failure.path, report.diagnoses[0].rule
         (False, '6', 'missing-flatten')
     """
-    model = uncompiled(require_module(model))
+    model = unwrapped(require_module(model))
     loss = loss_module(loss_fn)
     where = parse_device(device)
     _check_depth(depth)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ._inputs import uncompiled
+from ._inputs import is_compiled
 from ._trace import Rewrite
 
 __all__ = [
@@ -67,7 +67,7 @@ def swapped(model: nn.Module, path: str, new: nn.Module) -> Iterator[nn.Module]:
         return
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path)
-    if name == "_orig_mod" and uncompiled(parent) is not parent:
+    if name == "_orig_mod" and is_compiled(parent):
         # torch.compile's wrapper calls the module it was built with: swap the wrapper itself
         with swapped(model, parent_path, new) as swapped_model:
             yield swapped_model

@@ -12,8 +12,14 @@ from torch.utils._pytree import tree_map
 from ._errors import UsageError
 
 __all__ = [
-    "make_inputs", "parse_device", "parse_dtype", "realise", "require_module", "tensors_in",
-    "uncompiled",
+    "is_compiled",
+    "make_inputs",
+    "parse_device",
+    "parse_dtype",
+    "realise",
+    "require_module",
+    "tensors_in",
+    "unwrapped",
 ]  # fmt: skip
 
 _PASS_THROUGH = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
@@ -31,13 +37,22 @@ def require_module(model: object) -> nn.Module:
     raise UsageError(f"model must be a torch.nn.Module instance, got {type(model).__name__}.{hint}")
 
 
-def uncompiled(model: nn.Module) -> nn.Module:
-    """The module inside ``torch.compile(module)``: its layers, paths and shapes are the ones
-    traced and fixed (the compiled wrapper only changes how they run)."""
-    inner = getattr(model, "_orig_mod", None)
-    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
-        return uncompiled(inner)
-    return model
+def is_compiled(model: nn.Module) -> bool:
+    """A ``torch.compile`` wrapper (known by name: importing torch._dynamo is slow)."""
+    return type(model).__name__ == "OptimizedModule"
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile(module)``, ``nn.DataParallel`` or
+    ``DistributedDataParallel``: its layers, paths and shapes are the ones traced and fixed
+    (the wrappers only change how and where they run)."""
+    if is_compiled(model):
+        inner = getattr(model, "_orig_mod", None)
+    elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        inner = model.module
+    else:
+        return model
+    return unwrapped(inner) if isinstance(inner, nn.Module) else model
 
 
 def parse_dtype(value: object) -> torch.dtype:

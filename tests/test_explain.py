@@ -438,3 +438,16 @@ def test_a_fix_inside_a_compiled_submodule_is_verified_and_kept():
     assert type(model.body).__name__ == "OptimizedModule"  # the user's model keeps its wrapper
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         model.body._orig_mod(x)
+
+
+def test_a_data_parallel_model_is_explained_as_the_module_inside():
+    from shapecheck.demo import seed_model
+
+    model = seed_model()
+    wrapped, x = nn.DataParallel(model), torch.randn(2, 3, 32, 32)
+    report = shapecheck.explain(wrapped, x)
+    assert report.model_type == "Sequential"
+    assert report.failure is not None
+    assert report.failure.path == "6"
+    assert report.diagnoses[0].verified
+    assert report.diagnoses[0].apply(wrapped)(x).shape == (2, 2)
