@@ -13,6 +13,7 @@ from torch import nn
 
 from ._apply import fingerprint
 from ._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
+from ._dry import available
 from ._fixes import Applied
 from ._inputs import realise
 from ._loss import loss_hooks
@@ -38,11 +39,10 @@ def rerun(
         rewrites=applied.rewrites, **hooks)  # fmt: skip
     if trace is None or (trace.failure is not None
                          and isinstance(trace.failure.exception, _FAKE_LIMITS)):  # fmt: skip
-        args, kwargs = (
-            (applied.args, applied.kwargs)
-            if real
-            else realise((applied.args, applied.kwargs), device)
-        )  # shape-only inputs need data now
+        here = device if device is not None and available(device) else None  # not simulated
+        # shape-only (meta) inputs of a dry run need data for a real one
+        args, kwargs = (applied.args, applied.kwargs) if real else realise(
+            (applied.args, applied.kwargs), here)  # fmt: skip
         trace = run_trace(applied.model, args, kwargs, dry_run=False,
                           rewrites=applied.rewrites, **hooks)  # fmt: skip
     return trace

@@ -320,6 +320,30 @@ def test_a_dry_run_that_needs_data_makes_it_from_the_shapes():
     assert report.outputs[0].shape == (1, 3)
 
 
+class _NonzeroHead(nn.Module):
+    """Forgets to flatten; after the fix, ``nonzero`` needs data fake tensors do not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc(self.conv(x))
+        return y[torch.nonzero(y > -100, as_tuple=True)]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the simulated device (no GPU here)")
+def test_a_fix_checked_for_real_under_a_simulated_device_runs_where_data_can_live():
+    report = shapecheck.explain(_NonzeroHead(), input_size=(2, 3, 8, 8), dry_run=True,
+                                device="cuda")  # fmt: skip
+    assert report.failure is not None
+    assert report.failure.path == "fc"
+    first = report.diagnoses[0]
+    assert (first.rule, first.verified, first.output_shapes_after_fix) == (
+        "missing-flatten", True, [(4,)],
+    )  # fmt: skip
+
+
 def test_a_shape_only_failure_is_diagnosed_and_fixed_dry():
     from shapecheck.demo import seed_model
 
