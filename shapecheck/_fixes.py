@@ -19,9 +19,21 @@ from ._inputs import is_compiled
 from ._trace import Rewrite
 
 __all__ = [
-    "Applied", "ConvertModel", "ConvertTarget", "Fix", "InsertModule", "ReplaceModule",
-    "RewriteCall", "SetAttribute", "Together", "TransformInput", "TransformOutput",
-    "WrapModuleArgs", "WrapModuleInput", "swapped",
+    "Applied",
+    "ConvertModel",
+    "ConvertTarget",
+    "Fix",
+    "InsertModule",
+    "ReplaceModule",
+    "RewriteCall",
+    "SetAttribute",
+    "Together",
+    "TransformInput",
+    "TransformOutput",
+    "WrapModuleArgs",
+    "WrapModuleInput",
+    "batch_first_flipped",
+    "swapped",
 ]  # fmt: skip
 
 
@@ -110,6 +122,19 @@ class ReplaceModule(Fix):
     def applied(self, base: Applied) -> Iterator[Applied]:
         with swapped(base.model, self.path, self.make()) as model:
             yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
+
+
+def batch_first_flipped(path: str, module: nn.RNNBase | nn.MultiheadAttention) -> ReplaceModule:
+    """An RNN or attention layer that reads its input the other way round (a shallow copy:
+    the same weights, ``batch_first`` flipped)."""
+    flipped = copy.copy(module)
+    flipped.batch_first = not module.batch_first
+    return ReplaceModule(
+        summary=f"set batch_first={flipped.batch_first}",
+        code=f"nn.{type(module).__name__}(..., batch_first={flipped.batch_first})",
+        path=path,
+        make=lambda: flipped,
+    )
 
 
 @contextmanager

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._fixes import Fix, ReplaceModule, WrapModuleArgs, WrapModuleInput
+from .._fixes import Fix, ReplaceModule, WrapModuleArgs, WrapModuleInput, batch_first_flipped
 from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
@@ -144,8 +143,6 @@ def _layout(
     """Right sizes, wrong order: batch_first flipped makes the sequences line up."""
     if len(q) != 3 or q[0] == q[1]:
         return []
-    flipped = copy.copy(module)
-    flipped.batch_first = not module.batch_first
     layout = "(N, L, E)" if module.batch_first else "(L, N, E)"
     expected = f"  expected  {layout}   batch_first={module.batch_first}"
     cause = (
@@ -153,12 +150,7 @@ def _layout(
         f"{'batch, sequence' if module.batch_first else 'sequence, batch'}; the other "
         "tensors (key, value, masks) are laid out the other way"
     )
-    fix = ReplaceModule(
-        summary=f"set batch_first={not module.batch_first}",
-        code=f"nn.MultiheadAttention(..., batch_first={not module.batch_first})",
-        path=layer.path,
-        make=lambda: flipped,
-    )
+    fix = batch_first_flipped(layer.path, module)
     return [
         Finding("attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 0.8)
     ]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._fixes import Fix, ReplaceModule, TransformInput
+from .._fixes import Fix, ReplaceModule, TransformInput, batch_first_flipped
 from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
@@ -90,19 +89,12 @@ def _hidden(ctx: Context, layer: Layer, module: nn.RNNBase, x: tuple[int, ...]) 
         f"  expected  hidden (layers*dirs, {batch}, {module.hidden_size})   input read as {layout}"
     )
     if h[1] == (x[1] if module.batch_first else x[0]):
-        flipped = copy.copy(module)
-        flipped.batch_first = not module.batch_first
         cause = (
             f"cause: the hidden state's batch is {h[1]} = dim {0 if not module.batch_first else 1} "
             f"of the input, but batch_first={module.batch_first} reads the batch from dim "
             f"{1 if not module.batch_first else 0} ({batch})"
         )
-        fix: Fix = ReplaceModule(
-            summary=f"set batch_first={not module.batch_first}",
-            code=f"nn.{type(module).__name__}(..., batch_first={not module.batch_first})",
-            path=layer.path,
-            make=lambda: flipped,
-        )
+        fix: Fix = batch_first_flipped(layer.path, module)
         return [
             Finding("rnn-input", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0)
         ]
