@@ -7,21 +7,18 @@ layer whose kept sample moved. Used by ``testing.assert_batch_polymorphic``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeAlias
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._inputs import tensors_in
 from ._report import Report
+from ._spec import Spec, symbol_dims
 from ._text import shape
 
-__all__ = ["BatchDims", "check_independence", "random_like"]
-
-#: ``(kind, shapes) -> dims``: where the batch sits in each input or output tensor.
-BatchDims: TypeAlias = Callable[[Literal["inputs", "outputs"], Sequence[tuple[int, ...]]],
-                                list[int | None]]  # fmt: skip
+__all__ = ["check_independence", "random_like"]
 
 
 def random_like(
@@ -36,23 +33,23 @@ def random_like(
 def check_independence(
     model: nn.Module,
     args: tuple[torch.Tensor, ...],
-    batch_dims: BatchDims,
+    specs: tuple[list[Spec], list[Spec]],
+    batch: str,
     report: Report,
     size: int,
 ) -> None:
     """Keep the last sample, redraw all others: the last sample's outputs must not move.
 
-    ``batch_dims(kind, shapes)`` says where the batch sits in each input (``kind`` "inputs")
-    or output ("outputs") tensor, None where it does not.
+    ``specs`` are the input and output specs; ``batch`` is the symbol that marks the batch dim.
     """
     __tracebackhide__ = True
     keep = size - 1
-    in_dims = batch_dims("inputs", [tuple(a.shape) for a in args])
+    in_dims = _batch_dims(specs[0], [tuple(a.shape) for a in args], batch)
     other = _redraw_others(args, in_dims, keep, size)
     first, events_a = _run_recording(model, args, keep, size)
     second, events_b = _run_recording(model, other, keep, size)
     outs_a, outs_b = tensors_in(first), tensors_in(second)
-    out_dims = batch_dims("outputs", [tuple(t.shape) for t in outs_a])
+    out_dims = _batch_dims(specs[1], [tuple(t.shape) for t in outs_a], batch)
     moved = [
         line
         for i, (a, b, d) in enumerate(zip(outs_a, outs_b, out_dims, strict=True))
@@ -60,6 +57,14 @@ def check_independence(
     ]
     if moved:
         raise AssertionError(_mixing_message(size, keep, moved, events_a, events_b, report))
+
+
+def _batch_dims(
+    specs: list[Spec], shapes: Sequence[tuple[int, ...]], batch: str
+) -> list[int | None]:
+    """Where the batch symbol sits in each tensor (None where it does not appear)."""
+    found = [symbol_dims(s, len(d), batch) for s, d in zip(specs, shapes, strict=True)]
+    return [dims[0] if dims else None for dims in found]
 
 
 def _redraw_others(

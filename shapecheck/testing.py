@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from ._independence import check_independence, random_like
 from ._inputs import parse_dtype, require_module
 from ._params import param_totals
 from ._report import Report
-from ._spec import Bindings, Mismatch, Spec, SpecLike, match, parse_spec, symbol_dims
+from ._spec import Bindings, Mismatch, Spec, SpecLike, match, parse_spec
 from ._text import count, shape, shapes
 
 __all__ = [
@@ -472,7 +472,8 @@ class _BatchCheck:
                 message = _contract_message(report, [problem], bindings)
                 raise AssertionError(f"at batch size {size}: {message}")
             if self.independence and size > 1:
-                check_independence(self.model, args, self._batch_dims, report, size)
+                check_independence(self.model, args, (self.inputs, self.outputs), self.batch,
+                                   report, size)  # fmt: skip
 
     def _make(self, size: int) -> tuple[torch.Tensor, ...]:
         generator = torch.Generator().manual_seed(size)  # never touches the global RNG
@@ -488,11 +489,3 @@ class _BatchCheck:
         for index, spec in enumerate(self.inputs):
             match(spec, spec.build(values), f"input {index}", bindings)
         return bindings
-
-    def _batch_dims(
-        self, kind: Literal["inputs", "outputs"], shapes: Sequence[tuple[int, ...]]
-    ) -> list[int | None]:
-        """Where the batch symbol sits in each tensor (None where it does not appear)."""
-        specs = self.inputs if kind == "inputs" else self.outputs
-        found = [symbol_dims(s, len(d), self.batch) for s, d in zip(specs, shapes, strict=True)]
-        return [dims[0] if dims else None for dims in found]
