@@ -105,13 +105,11 @@ _NOT_REPLAYED = (
 def _unique(
     calls: list[tuple[nn.Module, tuple[Any, ...]]],
 ) -> list[tuple[nn.Module, tuple[Any, ...]]]:
-    seen: list[nn.Module] = []
-    kept = []
+    """Each module once (its outermost call), in the given order."""
+    first: dict[int, tuple[nn.Module, tuple[Any, ...]]] = {}
     for module, args in calls:
-        if not any(module is m for m in seen):
-            seen.append(module)
-            kept.append((module, args))
-    return kept
+        first.setdefault(id(module), (module, args))
+    return list(first.values())
 
 
 def _replay(module: nn.Module, args: tuple[Any, ...], error: Exception) -> Report | None:
