@@ -71,7 +71,10 @@ def spread(values: list[float], digits: int = 3) -> str:
 
 def per_seed(runs: list[Record]) -> list[Record]:
     """The first run of each seed: a seed run again (training is deterministic) counts once."""
-    return list({r["seed"]: r for r in reversed(runs)}.values())[::-1]
+    first: dict[Any, Record] = {}
+    for run in runs:
+        first.setdefault(run["seed"], run)
+    return list(first.values())
 
 
 def _runs(runs: list[Record]) -> str:
