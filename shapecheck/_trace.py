@@ -8,6 +8,7 @@ raises; it never diagnoses and never prints.
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -157,9 +158,16 @@ def run_trace(
 
 def _eager() -> AbstractContextManager[Any]:
     """Compiled submodules run eagerly while traced: hooks and fake tensors see every layer,
-    and nothing is compiled just to be explained (``set_stance`` exists from torch 2.6)."""
+    and nothing is compiled just to be explained (``set_stance`` exists from torch 2.6).
+
+    Without torch._dynamo imported nothing can be compiled, and entering the stance would
+    import it (about 75 MiB and a slow first call), so then there is nothing to do.
+    """
     set_stance = getattr(torch.compiler, "set_stance", None)
-    return nullcontext() if set_stance is None else set_stance("force_eager")
+    if set_stance is None or "torch._dynamo" not in sys.modules:
+        return nullcontext()
+    stance: AbstractContextManager[Any] = set_stance("force_eager")
+    return stance
 
 
 def _fake_cannot(error: Exception | None, dry: DryRun) -> bool:

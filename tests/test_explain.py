@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -475,3 +477,17 @@ def test_a_data_parallel_model_is_explained_as_the_module_inside():
     assert report.failure.path == "6"
     assert report.diagnoses[0].verified
     assert report.diagnoses[0].apply(wrapped)(x).shape == (2, 2)
+
+
+def test_explain_leaves_the_compiler_unimported_when_nothing_was_compiled():
+    """Making compiled submodules run eagerly must not import torch._dynamo (~75 MiB) when a
+    model that never touched torch.compile runs (fake tensors, for fixes, import it anyway)."""
+    code = (
+        "import sys, torch, shapecheck\n"
+        "from shapecheck.demo import seed_model_fixed\n"
+        "shapecheck.explain(seed_model_fixed(), torch.randn(1, 3, 32, 32))\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=True)  # fmt: skip
+    assert done.stdout.strip() == "False", done.stderr
