@@ -12,7 +12,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ._report import Report, add_note
 
-__all__ = ["clarify"]
+__all__ = ["clarify", "could_not_explain"]
 
 
 class clarify(ContextDecorator):
@@ -64,8 +64,15 @@ class clarify(ContextDecorator):
     def _leave_module(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self._busy:
             return
-        self._depth -= 1
         error = sys.exc_info()[1] if output is None else None
+        try:
+            self._left_with(module, args, error)
+        except Exception as inner:  # torch would swallow it (always_call hooks): say it instead
+            if isinstance(error, Exception):
+                add_note(error, could_not_explain(inner))
+
+    def _left_with(self, module: nn.Module, args: tuple[Any, ...], error: Any) -> None:
+        self._depth -= 1
         if isinstance(error, Exception):
             if error is not self._error:  # a new error (an earlier one was caught inside)
                 self._error, self._left = error, []
@@ -88,11 +95,16 @@ class clarify(ContextDecorator):
                     add_note(error, "shapecheck: the forward pass, layer by layer\n" + str(report))
                     return
         except Exception as inner:  # the note must never replace the user's own error
-            add_note(error, f"shapecheck: could not explain this failure ({inner!r})")
+            add_note(error, could_not_explain(inner))
             return
         finally:
             self._busy = False
         add_note(error, _NOT_REPLAYED)
+
+
+def could_not_explain(inner: BaseException) -> str:
+    """The one-line note for the user's error when shapecheck itself failed to explain it."""
+    return f"shapecheck could not explain this: {inner!r}; please report it"
 
 
 _NOT_REPLAYED = (

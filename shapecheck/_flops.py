@@ -17,18 +17,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
+from ._compat import aten_ops
+
 __all__ = ["FlopCounter"]
 
-_aten = torch.ops.aten
-# Metadata queries FlopCounterMode hands back untouched (nested tensors answer them in Python).
-_METADATA = frozenset({
-    _aten.sym_is_contiguous.default, _aten.is_contiguous.default,
-    _aten.is_contiguous.memory_format, _aten.is_strides_like_format.default,
-    _aten.is_non_overlapping_and_dense.default, _aten.size.default, _aten.sym_size.default,
-    _aten.stride.default, _aten.sym_stride.default, _aten.storage_offset.default,
-    _aten.sym_storage_offset.default, _aten.numel.default, _aten.sym_numel.default,
-    _aten.dim.default, torch.ops.prim.layout.default,
-})  # fmt: skip
+# Metadata queries FlopCounterMode hands back untouched (nested tensors answer them in Python);
+# sym_is_contiguous exists from torch 2.9 only.
+_METADATA = aten_ops(
+    "sym_is_contiguous", "is_contiguous", "is_contiguous.memory_format",
+    "is_strides_like_format", "is_non_overlapping_and_dense", "size", "sym_size", "stride",
+    "sym_stride", "storage_offset", "sym_storage_offset", "numel", "sym_numel", "dim",
+    "prim::layout",
+)  # fmt: skip
 
 
 class FlopCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]

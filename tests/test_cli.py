@@ -162,17 +162,20 @@ def test_entry_point_runs_as_a_program(models: Path):
 
 
 def test_demo_piped_into_a_reader_that_leaves_early_exits_quietly():
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "shapecheck", "demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,
-    )
-    assert process.stdout is not None
-    assert process.stderr is not None
-    assert process.stdout.read(16)  # like `| head -c 16`
-    process.stdout.close()
-    errors = process.stderr.read().decode()
-    process.stderr.close()
-    assert process.wait(timeout=120) == 0
+    ) as process:  # closes both pipes and waits, even when an assertion below fails
+        try:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            assert process.stdout.read(16)  # like `| head -c 16`
+            process.stdout.close()
+            errors = process.stderr.read().decode()
+            assert process.wait(timeout=120) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
     assert "BrokenPipeError" not in errors
