@@ -9,10 +9,10 @@ import typing as _typing
 from ._errors import ShapecheckError, ShapeError, UsageError
 
 if _typing.TYPE_CHECKING:
+    from ._apply import apply_fix
     from ._clarify import clarify
     from ._explain import explain
-    from ._memory import TrainingMemory
-    from ._records import Diagnosis, Failure, Layer, TensorInfo
+    from ._records import Diagnosis, Failure, Layer, Outcome, Step, TensorInfo, TrainingMemory
     from ._report import Report
 
 # Imported on first use (PEP 562) so that the pytest plugin, registered as
@@ -20,7 +20,8 @@ if _typing.TYPE_CHECKING:
 _LAZY = {
     "clarify": "._clarify", "explain": "._explain", "Report": "._report",
     "Diagnosis": "._records", "Failure": "._records", "Layer": "._records",
-    "TensorInfo": "._records", "TrainingMemory": "._memory",
+    "TensorInfo": "._records", "TrainingMemory": "._records", "Outcome": "._records",
+    "Step": "._records", "apply_fix": "._apply",
 }  # fmt: skip
 
 
@@ -39,8 +40,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Diagnosis", "Failure", "Layer", "Report", "ShapeError", "ShapecheckError", "TensorInfo",
-    "TrainingMemory", "UsageError", "clarify", "explain",
+    "Diagnosis", "Failure", "Layer", "Outcome", "Report", "ShapeError", "ShapecheckError", "Step",
+    "TensorInfo", "TrainingMemory", "UsageError", "apply_fix", "clarify", "explain",
 ]  # fmt: skip
 
 __version__ = "0.1.0"

@@ -10,13 +10,12 @@ from torch import nn
 
 from ._dry import available, is_meta_model
 from ._errors import UsageError
-from ._fixes import Applied
-from ._flops import FlopCounter
+from ._fixes import View
 from ._inputs import make_inputs, parse_device, require_module, unwrapped
 from ._loss import loss_hooks, loss_module
-from ._memory import SavedTensors, check_optimizer, training_memory
+from ._memory import check_optimizer, training_memory
 from ._params import param_totals
-from ._repair import diagnose, warn
+from ._repair import Repair, diagnose, warn
 from ._report import Report
 from ._trace import gc_paused, run_trace
 
@@ -82,24 +81,23 @@ def explain(
     dry_run = bool(dry_run) or is_meta_model(model)
     args, kwargs = _inputs(inputs, forward_kwargs, input_size, dtypes, where, dry_run)
     traced = _traceable(model)
-    counter = FlopCounter() if flops else None
-    saved = SavedTensors(traced) if optimizer is not None else None
-    trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=counter,
-                      grad=saved is not None, contexts=[saved] if saved else [],
+    trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=flops,
+                      saved=optimizer is not None, confirm=True,
                       **loss_hooks(loss, target))  # fmt: skip
-    base = Applied(traced, args, kwargs, target=target)
+    repair = Repair(View(traced, args, kwargs, target=target), where, loss)
     totals = param_totals(traced)
     return Report(
         model_type=type(model).__name__, layers=trace.layers, failure=trace.failure,
-        diagnoses=diagnose(base, trace, where, loss=loss) if trace.failure else [],
+        diagnoses=diagnose(repair, trace) if trace.failure else [],
         warnings=[] if trace.failure else warn(traced, args, kwargs, trace),
         inputs=trace.inputs, outputs=trace.outputs,
         total_params=totals.total, trainable_params=totals.trainable,
         param_bytes_by_dtype=totals.bytes_by_dtype, buffer_count=totals.buffer_count,
         buffer_bytes=totals.buffer_bytes, dry_run=trace.dry_run, depth=depth,
-        total_flops=None if counter is None else counter.total,
-        training_memory=None if saved is None or optimizer is None
-        else training_memory(traced, saved, optimizer),
+        total_flops=None if trace.flops is None else trace.flops.total,
+        training_memory=None if trace.saved is None or optimizer is None
+        else training_memory(traced, trace.saved, optimizer),
+        fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=repair.runs,
     )  # fmt: skip
 
 

@@ -1,45 +1,50 @@
-"""Structured fixes and the non-destructive views of a model that try them.
+"""The one interpreter of fix records: each record becomes a change on the model it is handed.
 
-Each fix yields, inside a ``with`` block, a model / inputs / call rewrites to re-run; the user's
-model is never changed outside that block, and every swap is undone in ``finally``.
+``applied(fix, view)`` yields, inside a ``with`` block, the model / inputs / call rewrites /
+target to run; every swap is undone on exit, so the user's model ends as it was. Re-runs and
+``apply`` both go through here, and both build new modules from the model they are given (its
+weights, dtype and device), never from the model a fix was first made for.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from ._changes import (
+    Build,
+    CallRewrite,
+    ConvertModel,
+    EditInput,
+    EditLayerInput,
+    EditTarget,
+    Fix,
+    FixKind,
+    InsertModule,
+    RegisterModules,
+    ReplaceModule,
+    RewriteCall,
+    RouteByRank,
+    SetAttributes,
+    TensorOp,
+    Together,
+)
 from ._inputs import is_compiled
-from ._trace import Rewrite
+from ._recorder import Rewrite
 
-__all__ = [
-    "Applied",
-    "ConvertModel",
-    "ConvertTarget",
-    "Fix",
-    "InsertModule",
-    "ReplaceModule",
-    "RewriteCall",
-    "SetAttribute",
-    "Together",
-    "TransformInput",
-    "TransformOutput",
-    "WrapModuleArgs",
-    "WrapModuleInput",
-    "batch_first_flipped",
-    "swapped",
-]  # fmt: skip
+__all__ = ["View", "applied", "build", "run_ops", "swapped"]
 
 
 @dataclass
-class Applied:
-    """What a fix changes for one re-run."""
+class View:
+    """What one re-run runs: the model, its inputs, call rewrites and the loss target."""
 
     model: nn.Module
     args: tuple[Any, ...]
@@ -48,27 +53,60 @@ class Applied:
     target: Any = None
 
 
-@dataclass(frozen=True)
-class Fix:
-    """A change to try: ``summary`` says it in words, ``code`` shows it as code.
+Interpreter = Callable[[Any, View], AbstractContextManager[View]]
+_INTERPRETERS: dict[FixKind, Interpreter] = {}
 
-    ``changes`` says what it edits: ``"model"`` fixes can be kept in a copy of the model
-    (``Diagnosis.apply``); the others edit the input, a line of ``forward``, the loss target or
-    the output, or (this base class) nothing: a suggestion that no re-run can try.
-    """
 
-    summary: str
-    code: str
-    _edits: ClassVar[str] = "nothing: it is a suggestion"
+def _interprets(kind: FixKind) -> Callable[[Interpreter], Interpreter]:
+    def register(function: Interpreter) -> Interpreter:
+        _INTERPRETERS[kind] = function
+        return function
 
-    @property
-    def changes(self) -> str:
-        return self._edits
+    return register
 
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        """Yield the fixed view of ``base``; undo everything on exit."""
-        yield base
+
+def applied(fix: Fix, view: View) -> AbstractContextManager[View]:
+    """The view with ``fix`` made; undone when the block ends."""
+    return _INTERPRETERS[fix.kind](fix, view)
+
+
+# -- tensors and modules from plain records ------------------------------------------------------
+def run_ops(tensor: torch.Tensor, ops: tuple[TensorOp, ...]) -> torch.Tensor:
+    """``tensor`` with each op applied in turn (``F.interpolate`` or a tensor method)."""
+    for op in ops:
+        args = tuple(_dtype_or(a) for a in op.args)
+        kwargs = dict(op.kwargs)
+        if op.name == "interpolate":
+            tensor = F.interpolate(tensor, *args, **kwargs)
+        else:
+            tensor = getattr(tensor, op.name)(*args, **kwargs)
+    return tensor
+
+
+def _dtype_or(value: Any) -> Any:
+    """A dtype written by name (``"float64"``) as the dtype; anything else as it is."""
+    candidate = getattr(torch, value, None) if isinstance(value, str) else None
+    return candidate if isinstance(candidate, torch.dtype) else value
+
+
+def build(spec: Build, like: nn.Module | None = None) -> nn.Module:
+    """The module ``spec`` describes, with the floating dtype and device of ``like``'s weights."""
+    args = tuple(build(a) if isinstance(a, Build) else a for a in spec.args)
+    module: nn.Module = getattr(nn, spec.cls)(*args, **dict(spec.kwargs))
+    home = _home(like) if like is not None else None
+    if home is not None:
+        dtype, device = home
+        module = module.to(device=device) if dtype is None else module.to(device, dtype)
+    return module
+
+
+def _home(module: nn.Module) -> tuple[torch.dtype | None, torch.device] | None:
+    """(floating dtype, device) of a module's weights; None when it holds no tensor."""
+    tensors = [*module.parameters(), *module.buffers()]
+    floating = next((t for t in tensors if t.is_floating_point()), None)
+    if floating is not None:
+        return floating.dtype, floating.device
+    return (None, tensors[0].device) if tensors else None
 
 
 @contextmanager
@@ -92,55 +130,10 @@ def swapped(model: nn.Module, path: str, new: nn.Module) -> Iterator[nn.Module]:
         parent._modules[name] = old
 
 
-@dataclass(frozen=True)
-class InsertModule(Fix):
-    """Insert a module into an ``nn.Sequential`` at ``index``: a new Sequential, same children."""
-
-    _edits: ClassVar[str] = "model"
-    sequential_path: str = ""
-    index: int = 0
-    make: Callable[[], nn.Module] = nn.Identity
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        old = base.model.get_submodule(self.sequential_path)
-        children = [child for child in old._modules.values() if child is not None]
-        new = nn.Sequential(*children[: self.index], self.make(), *children[self.index :])
-        with swapped(base.model, self.sequential_path, new) as model:
-            yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
-
-
-@dataclass(frozen=True)
-class ReplaceModule(Fix):
-    """Replace the module at ``path`` with a freshly built one (e.g. a Linear of the right size)."""
-
-    _edits: ClassVar[str] = "model"
-    path: str = ""
-    make: Callable[[], nn.Module] = nn.Identity
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        with swapped(base.model, self.path, self.make()) as model:
-            yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
-
-
-def batch_first_flipped(path: str, module: nn.RNNBase | nn.MultiheadAttention) -> ReplaceModule:
-    """An RNN or attention layer that reads its input the other way round (a shallow copy:
-    the same weights, ``batch_first`` flipped)."""
-    flipped = copy.copy(module)
-    flipped.batch_first = not module.batch_first
-    return ReplaceModule(
-        summary=f"set batch_first={flipped.batch_first}",
-        code=f"nn.{type(module).__name__}(..., batch_first={flipped.batch_first})",
-        path=path,
-        make=lambda: flipped,
-    )
-
-
 @contextmanager
 def _pre_hook(module: nn.Module, hook: Callable[..., Any], with_kwargs: bool) -> Iterator[None]:
     """``hook`` rewrites the module's arguments for the block. A hook, not a wrapper module:
-    a kept copy (``Diagnosis.apply``) has the same layers and ``state_dict`` keys."""
+    a kept copy (``apply``) has the same layers and ``state_dict`` keys."""
     handle = module.register_forward_pre_hook(hook, with_kwargs=with_kwargs, prepend=True)
     try:
         yield
@@ -148,97 +141,178 @@ def _pre_hook(module: nn.Module, hook: Callable[..., Any], with_kwargs: bool) ->
         handle.remove()
 
 
-@dataclass(frozen=True)
-class WrapModuleInput(Fix):
-    """Transform the first input of the module at ``path`` (e.g. flatten before a Linear)."""
+class _Routed(nn.Module):
+    """``new`` for inputs of one rank (and ``channels`` at dim 1, when given), the old module
+    for the rest: what two attributes would do when one name was assigned twice, or one layer
+    used at two places."""
 
-    _edits: ClassVar[str] = "model"
-    path: str = ""
-    transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+    def __init__(self, new: nn.Module, old: nn.Module, rank: int, channels: int = 0) -> None:
+        super().__init__()
+        self.new, self.old, self.rank, self.channels = new, old, rank, channels
 
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        transform = self.transform
-
-        def first(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return (transform(args[0]), *args[1:])
-
-        with _pre_hook(base.model.get_submodule(self.path), first, with_kwargs=False):
-            yield base
+    def forward(self, x: torch.Tensor) -> Any:
+        mine = x.dim() == self.rank and (not self.channels or x.shape[1] == self.channels)
+        return self.new(x) if mine else self.old(x)
 
 
-@dataclass(frozen=True)
-class TransformInput(Fix):
-    """Transform positional input ``position`` of the model (e.g. ``x.unsqueeze(0)``)."""
-
-    _edits: ClassVar[str] = "the input"
-    position: int = 0
-    transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        args = list(base.args)
-        args[self.position] = self.transform(args[self.position])
-        yield Applied(base.model, tuple(args), base.kwargs, base.rewrites, base.target)
+# -- one interpreter per kind --------------------------------------------------------------------
+@_interprets(FixKind.SUGGESTION)
+@contextmanager
+def _suggestion(fix: Fix, view: View) -> Iterator[View]:
+    yield view  # advice only: nothing to change
 
 
-@dataclass(frozen=True)
-class RewriteCall(Fix):
-    """Replace one functional call, found by its source line and name, during the re-run."""
-
-    _edits: ClassVar[str] = "a line of forward()"
-    source: str = ""
-    name: str = ""
-    replacement: Rewrite = lambda args, kwargs: None
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        rewrites = {**base.rewrites, (self.source, self.name): self.replacement}
-        yield Applied(base.model, base.args, base.kwargs, rewrites, base.target)
+@_interprets(FixKind.INSERT_MODULE)
+@contextmanager
+def _insert(fix: InsertModule, view: View) -> Iterator[View]:
+    old = view.model.get_submodule(fix.sequential)
+    children = [child for child in old._modules.values() if child is not None]
+    # the new module takes the dtype and device of the layer it feeds, else the one before
+    neighbours = children[fix.index : fix.index + 1] + children[max(fix.index - 1, 0) : fix.index]
+    like = next((m for m in neighbours if _home(m) is not None), None)
+    new = nn.Sequential(*children[: fix.index], build(fix.build, like), *children[fix.index :])
+    with swapped(view.model, fix.sequential, new) as model:
+        yield replace(view, model=model)
 
 
-@dataclass(frozen=True)
-class ConvertTarget(Fix):
-    """Convert the loss target (e.g. one-hot masks to class indices with ``argmax(1)``)."""
+@_interprets(FixKind.REPLACE_MODULE)
+@contextmanager
+def _replace(fix: ReplaceModule, view: View) -> Iterator[View]:
+    new = build(fix.build, view.model.get_submodule(fix.path))
+    with swapped(view.model, fix.path, new) as model:
+        yield replace(view, model=model)
 
-    _edits: ClassVar[str] = "the loss target"
-    transform: Callable[[Any], Any] = lambda t: t
 
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        target = self.transform(base.target)
-        yield Applied(base.model, base.args, base.kwargs, base.rewrites, target)
+@_interprets(FixKind.SET_ATTRIBUTES)
+@contextmanager
+def _set_attributes(fix: SetAttributes, view: View) -> Iterator[View]:
+    changed = copy.copy(view.model.get_submodule(fix.path))  # the same weights
+    for name, value in fix.values:
+        setattr(changed, name, value)
+    with swapped(view.model, fix.path, changed) as model:
+        yield replace(view, model=model)
+
+
+@_interprets(FixKind.ROUTE_BY_RANK)
+@contextmanager
+def _route(fix: RouteByRank, view: View) -> Iterator[View]:
+    old = view.model.get_submodule(fix.path)
+    routed = _Routed(build(fix.build, old), old, fix.rank, fix.channels)
+    with swapped(view.model, fix.path, routed) as model:
+        yield replace(view, model=model)
+
+
+@_interprets(FixKind.EDIT_LAYER_INPUT)
+@contextmanager
+def _edit_layer_input(fix: EditLayerInput, view: View) -> Iterator[View]:
+    def edit(t: Any) -> Any:
+        return run_ops(t, fix.ops)
+
+    def first(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (edit(args[0]), *args[1:])
+
+    def every(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        def one(t: Any) -> Any:
+            like = (
+                isinstance(t, torch.Tensor)
+                and t.is_floating_point()
+                and tuple(t.shape) == fix.every_like
+            )
+            return edit(t) if like else t
+
+        return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
+
+    module = view.model.get_submodule(fix.path)
+    hook, with_kwargs = (first, False) if fix.every_like is None else (every, True)
+    with _pre_hook(module, hook, with_kwargs):
+        yield view
+
+
+@_interprets(FixKind.EDIT_INPUT)
+@contextmanager
+def _edit_input(fix: EditInput, view: View) -> Iterator[View]:
+    args = list(view.args)
+    args[fix.position] = run_ops(args[fix.position], fix.ops)
+    yield replace(view, args=tuple(args))
+
+
+def _flatten_per_sample(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return torch.flatten(args[0], 1)
+
+
+def _resized_to_first(name: str) -> Rewrite:
+    """The same join after resizing every tensor's spatial dims to the first one's."""
+
+    def join(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        tensors = list(args[0])
+        spatial = tuple(tensors[0].shape[2:])
+        fixed = [
+            t if tuple(t.shape[2:]) == spatial else F.interpolate(t, size=spatial) for t in tensors
+        ]
+        return getattr(torch, name)(fixed, *args[1:], **kwargs)
+
+    return join
+
+
+@_interprets(FixKind.REWRITE_CALL)
+@contextmanager
+def _rewrite_call(fix: RewriteCall, view: View) -> Iterator[View]:
+    rewrite = (
+        _flatten_per_sample
+        if fix.rewrite is CallRewrite.FLATTEN_PER_SAMPLE
+        else _resized_to_first(fix.name)
+    )
+    yield replace(view, rewrites={**view.rewrites, (fix.source, fix.name): rewrite})
+
+
+@_interprets(FixKind.EDIT_TARGET)
+@contextmanager
+def _edit_target(fix: EditTarget, view: View) -> Iterator[View]:
+    yield replace(view, target=run_ops(view.target, fix.ops))
+
+
+@_interprets(FixKind.CONVERT_MODEL)
+@contextmanager
+def _convert(fix: ConvertModel, view: View) -> Iterator[View]:
+    model = copy.deepcopy(view.model)  # the model itself stays as it is
+    if fix.device is not None:
+        model = _moved(model, torch.device(fix.device))
+    if fix.dtype is not None:
+        model = model.to(getattr(torch, fix.dtype))
+    yield replace(view, model=model)
+
+
+def _moved(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``; weights on meta get empty storage there (nothing to copy)."""
+    on_meta = any(p.is_meta for p in model.parameters())
+    return model.to_empty(device=device) if on_meta and device.type != "meta" else model.to(device)
 
 
 _MISSING = object()
 
 
-@dataclass(frozen=True)
-class SetAttribute(Fix):
-    """Set attribute ``name`` of the module at ``owner`` to ``make(old value)`` for the re-run.
-
-    A module value is registered as a child (as ``self.name = nn.ModuleList(...)`` would), so it
-    also reaches attributes that ``_modules`` does not hold, like a plain Python list of layers.
-    """
-
-    _edits: ClassVar[str] = "model"
-    owner: str = ""
-    name: str = ""
-    make: Callable[[Any], Any] = lambda old: old
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        module = base.model.get_submodule(self.owner)
-        saved = (module._modules.get(self.name, _MISSING),
-                 module.__dict__.get(self.name, _MISSING))  # fmt: skip
-        old = getattr(module, self.name)
-        try:
-            module.__dict__.pop(self.name, None)
-            module._modules.pop(self.name, None)
-            setattr(module, self.name, self.make(old))
-            yield Applied(base.model, base.args, base.kwargs, base.rewrites, base.target)
-        finally:
-            _restore_attribute(module, self.name, *saved)
+@_interprets(FixKind.REGISTER_MODULES)
+@contextmanager
+def _register(fix: RegisterModules, view: View) -> Iterator[View]:
+    """Register the plain list or dict (as ``self.name = nn.ModuleList(...)`` would), its
+    modules copied to the device; it reaches attributes that ``_modules`` does not hold."""
+    owner = view.model.get_submodule(fix.owner)
+    saved = (owner._modules.get(fix.name, _MISSING), owner.__dict__.get(fix.name, _MISSING))
+    old = getattr(owner, fix.name)
+    device = torch.device(fix.device)
+    try:
+        owner.__dict__.pop(fix.name, None)
+        owner._modules.pop(fix.name, None)
+        if isinstance(old, dict):
+            new: nn.Module = nn.ModuleDict(
+                {k: _moved(copy.deepcopy(m), device) for k, m in old.items()}
+            )
+        else:
+            new = nn.ModuleList([_moved(copy.deepcopy(m), device) for m in old])
+        setattr(owner, fix.name, new)
+        yield view
+    finally:
+        _restore_attribute(owner, fix.name, *saved)
 
 
 def _restore_attribute(module: nn.Module, name: str, child: Any, plain: Any) -> None:
@@ -251,79 +325,10 @@ def _restore_attribute(module: nn.Module, name: str, child: Any, plain: Any) -> 
         module.__dict__[name] = plain
 
 
-@dataclass(frozen=True)
-class WrapModuleArgs(Fix):
-    """Rewrite every argument of the module at ``path``: ``(args, kwargs) -> (args, kwargs)``."""
-
-    _edits: ClassVar[str] = "model"
-    path: str = ""
-    transform: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, Any]] = lambda args, kwargs: (
-        args,
-        kwargs,
-    )
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        transform = self.transform
-
-        def every(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-            return transform(args, kwargs)
-
-        with _pre_hook(base.model.get_submodule(self.path), every, with_kwargs=True):
-            yield base
-
-
-class _After(nn.Module):
-    """Calls the wrapped module, then transforms its output (only inside a fix's re-run)."""
-
-    def __init__(self, inner: nn.Module, transform: Callable[[Any], Any]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.transform = transform
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.transform(self.inner(*args, **kwargs))
-
-
-@dataclass(frozen=True)
-class TransformOutput(Fix):
-    """Transform the model's output before the loss sees it (``out.transpose(1, 2)``, say)."""
-
-    _edits: ClassVar[str] = "the output the loss sees"
-    transform: Callable[[Any], Any] = lambda out: out
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        wrapped = _After(base.model, self.transform)
-        yield Applied(wrapped, base.args, base.kwargs, base.rewrites, base.target)
-
-
-@dataclass(frozen=True)
-class ConvertModel(Fix):
-    """Re-run a converted copy of the whole model (``model.double()``); the model stays as is."""
-
-    _edits: ClassVar[str] = "model"
-    convert: Callable[[nn.Module], nn.Module] = lambda model: model
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        model = self.convert(copy.deepcopy(base.model))
-        yield Applied(model, base.args, base.kwargs, base.rewrites, base.target)
-
-
-@dataclass(frozen=True)
-class Together(Fix):
-    """Several fixes applied at once (one change in several places, like two lists to register)."""
-
-    parts: tuple[Fix, ...] = ()
-
-    @property
-    def changes(self) -> str:
-        return next((p.changes for p in self.parts if p.changes != "model"), "model")
-
-    @contextmanager
-    def applied(self, base: Applied) -> Iterator[Applied]:
-        with ExitStack() as stack:
-            for part in self.parts:
-                base = stack.enter_context(part.applied(base))
-            yield base
+@_interprets(FixKind.TOGETHER)
+@contextmanager
+def _together(fix: Together, view: View) -> Iterator[View]:
+    with ExitStack() as stack:
+        for part in fix.parts:
+            view = stack.enter_context(applied(part, view))
+        yield view

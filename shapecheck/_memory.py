@@ -14,39 +14,18 @@ chosen, so they are exact for the device the trace ran on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import TracebackType
 
 import torch
 from torch import nn
 
 from ._errors import UsageError
+from ._records import TrainingMemory
 
 __all__ = ["OPTIMIZERS", "SavedTensors", "TrainingMemory", "check_optimizer", "training_memory"]
 
 #: Per trainable parameter, how many same-sized tensors the optimizer keeps.
 OPTIMIZERS: dict[str, int] = {"sgd": 0, "sgd-momentum": 1, "adam": 2, "adamw": 2}
-
-
-@dataclass(frozen=True)
-class TrainingMemory:
-    """An estimate, in bytes, of the peak memory of one training step, by part.
-
-    ``saved`` is measured: the storages autograd keeps for backward (inputs included,
-    parameters and buffers excluded since they are counted on their own). The rest is
-    arithmetic on the unique parameters. See the module notes for what is left out.
-    """
-
-    optimizer: str
-    params: int
-    buffers: int
-    grads: int
-    optimizer_state: int
-    saved: int
-
-    @property
-    def total(self) -> int:
-        return self.params + self.buffers + self.grads + self.optimizer_state + self.saved
 
 
 def check_optimizer(optimizer: object) -> str | None:

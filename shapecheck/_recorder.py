@@ -8,6 +8,7 @@ tracer can name the innermost one. Per call the work is O(1) in the size of the 
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 
 from ._describe import describe_arguments, describe_module
@@ -37,6 +39,8 @@ _BOOKKEEPING = frozenset({
     "__deepcopy__", "__setstate__", "_has_compatible_shallow_copy_type", "get_device",
     "grad", "data", "_base", "is_complex", "nelement", "ndimension", "has_names",
 })  # fmt: skip
+# Bookkeeping calls whose result stands for their input (same values): it keeps the provenance.
+_SAME_VALUES = frozenset({"contiguous", "detach", "requires_grad_"})
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -75,7 +79,7 @@ class Row:
 
 
 class Recorder:
-    """Collects rows from module hooks and the function mode."""
+    """Collects rows from module hooks and the function mode, and where each tensor came from."""
 
     def __init__(
         self,
@@ -92,8 +96,16 @@ class Recorder:
         self.module_at: dict[int, nn.Module] = {}
         self.stack: list[ModuleFrame] = []
         self.events: list[tuple[BaseException, int]] = []
+        self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
         self.busy = False
         self.counter: FlopCounter | None = None
+        # provenance: id(tensor) -> (weak reference, key); key -> the row that made it, or
+        # the model's positional argument it is. A weak reference tells a live tensor from a
+        # dead one whose id was reused, and holds no memory.
+        self._keys: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
+        self._made_by: dict[int, int] = {}
+        self._position: dict[int, int] = {}
+        self._next_key = 0
 
     def _flops_now(self) -> int | None:
         # one running total, read at the start and end of each call: O(1) per call
@@ -103,17 +115,78 @@ class Recorder:
         if self.counter is not None and row.flops_start is not None:
             row.flops = self.counter.total - row.flops_start
 
-    def infos(self, obj: object) -> tuple[TensorInfo, ...]:
+    def _key(self, tensor: torch.Tensor) -> int:
+        known = self._keys.get(id(tensor))
+        if known is not None and known[0]() is tensor:
+            return known[1]
+        key = self._next_key
+        self._next_key += 1
+        self._keys[id(tensor)] = (weakref.ref(tensor), key)
+        return key
+
+    def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
+        """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins)."""
         alias = self.device_alias
         # Our own reads of .shape/.dtype pass through the function mode too; marking them busy
         # keeps them from being recorded (a hot spot: ~10 such reads per module call).
         busy, self.busy = self.busy, True
         try:
-            return tuple(
-                TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch."),
-                           alias.get(str(t.device), str(t.device)), t.requires_grad)
-                for t in tensors_in(obj)
-            )  # fmt: skip
+            found = []
+            for t in tensors_in(obj):
+                key = self._key(t)
+                if made_by is not None:
+                    self._made_by.setdefault(key, made_by)
+                found.append(TensorInfo(
+                    tuple(t.shape), str(t.dtype).removeprefix("torch."),
+                    alias.get(str(t.device), str(t.device)), t.requires_grad,
+                    key, self._made_by.get(key), self._position.get(key),
+                ))  # fmt: skip
+            return tuple(found)
+        finally:
+            self.busy = busy
+
+    def model_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[TensorInfo, ...]:
+        """The model's inputs, each positional tensor argument remembered as such."""
+        busy, self.busy = self.busy, True
+        try:
+            for position, arg in enumerate(args):
+                if isinstance(arg, torch.Tensor):
+                    self._position.setdefault(self._key(arg), position)
+        finally:
+            self.busy = busy
+        return self.infos((args, kwargs))
+
+    def _same_values(self, result: Any, source: Any) -> None:
+        """``result`` of ``x.contiguous()`` or ``x.detach()`` stands for ``x``."""
+        if not isinstance(result, torch.Tensor) or not isinstance(source, torch.Tensor):
+            return
+        busy, self.busy = self.busy, True
+        try:
+            key, origin = self._key(result), self._key(source)
+            if origin in self._made_by:
+                self._made_by.setdefault(key, self._made_by[origin])
+            if origin in self._position:
+                self._position.setdefault(key, self._position[origin])
+        finally:
+            self.busy = busy
+
+    def _remember_values(self, row: int, args: Any) -> None:
+        """The id range of a failing call's first integer input, on real tensors only."""
+        busy, self.busy = self.busy, True
+        try:
+            ints = [
+                t
+                for t in tensors_in(args)
+                if not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+            ]
+            first = ints[0] if ints else None
+            if (
+                first is not None
+                and not isinstance(first, FakeTensor)
+                and not first.is_meta
+                and 0 < first.numel() <= 10**8
+            ):
+                self.value_ranges[row] = (int(first.min()), int(first.max()))
         finally:
             self.busy = busy
 
@@ -155,8 +228,9 @@ class Recorder:
         if error is not None:
             row.failed = True
             self.events.append((error, frame.row))
+            self._remember_values(frame.row, args)
         else:
-            row.outputs = self.infos(output)
+            row.outputs = self.infos(output, made_by=frame.row)
 
     def _frame_of(self, module: nn.Module) -> int | None:
         for position in range(len(self.stack) - 1, -1, -1):
@@ -171,7 +245,10 @@ class Recorder:
             return func(*args, **kwargs)
         name = function_name(func)
         if name in _BOOKKEEPING:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            if name in _SAME_VALUES and args:
+                self._same_values(result, args[0])
+            return result
         source = caller_source(skip=3)
         arguments = describe_arguments(args, kwargs, func)
         rewrite = self.rewrites.get((source or "", name))
@@ -186,10 +263,12 @@ class Recorder:
         except Exception as error:
             row.failed = True
             self._flops_end(row)
-            self.events.append((error, self._add(row)))
+            index = self._add(row)
+            self.events.append((error, index))
+            self._remember_values(index, (args, kwargs))
             raise
         self._flops_end(row)
-        row.outputs = self.infos(result)
+        row.outputs = self.infos(result, made_by=len(self.rows))  # the index it is added at
         if row.outputs:
             self._add(row)
         return result

@@ -1,28 +1,57 @@
 """Plain, frozen records of one traced forward pass: tensors, layers, the failure, diagnoses.
 
-Nothing here touches ``torch.nn`` or formats tables; the tracer fills these in and the renderer
-reads them.
+Nothing here touches ``torch.nn`` or formats text; the tracer and the repair stage fill these
+in, the renderer and the serialiser read them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+from ._changes import Fix
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Diagnosis", "Failure", "Layer", "Shape", "TensorInfo"]
+__all__ = [
+    "Diagnosis",
+    "Evidence",
+    "Failure",
+    "Layer",
+    "Outcome",
+    "Shape",
+    "Step",
+    "TensorInfo",
+    "TrainingMemory",
+    "dtype_bytes",
+]
 
 Shape = tuple[int, ...]
+#: One line of a message's evidence: its label (``got``, ``expected``, ``PyTorch``) and text.
+Evidence = tuple[str, str]
 
 _DTYPE_BYTES = {
-    "bool": 1, "uint8": 1, "int8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1,
-    "int16": 2, "uint16": 2, "float16": 2, "bfloat16": 2,
-    "int32": 4, "uint32": 4, "float32": 4, "complex32": 4,
-    "int64": 8, "uint64": 8, "float64": 8, "complex64": 8, "complex128": 16,
-}  # fmt: skip
+    "bool": 1,
+    "uint8": 1,
+    "int8": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "int16": 2,
+    "uint16": 2,
+    "float16": 2,
+    "bfloat16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "float32": 4,
+    "complex32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+}
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -32,12 +61,20 @@ def dtype_bytes(dtype: str) -> int:
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """What the trace keeps of one tensor: its shape, dtype and device, never its data."""
+    """What the trace keeps of one tensor: its shape, dtype and device, never its data.
+
+    Provenance, recorded while tracing: ``key`` tells tensor objects apart within one trace,
+    ``made_by`` is the index of the row whose call first returned it, and ``model_input`` the
+    position of the model's positional argument that it is (None when it is neither).
+    """
 
     shape: Shape
     dtype: str
     device: str
     requires_grad: bool = False
+    key: int | None = field(default=None, compare=False)
+    made_by: int | None = field(default=None, compare=False)
+    model_input: int | None = field(default=None, compare=False)
 
     @property
     def numel(self) -> int:
@@ -98,6 +135,9 @@ class Failure:
     exception: BaseException
     source: str | None
     layer_index: int | None
+    #: (min, max) of the failing call's first integer input, read on a real run (ids that an
+    #: Embedding cannot look up); None on fake tensors or for other inputs
+    value_range: tuple[int, int] | None = None
 
     @property
     def input_shapes(self) -> list[Shape]:
@@ -111,39 +151,138 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class Diagnosis:
-    """A named cause of a failure (or a warning on a model that runs) and its fix.
+class Outcome:
+    """What a re-run of the model with a fix (and the plan's steps before it) showed.
 
-    ``verified`` is True only when the model was re-run with the fix applied and succeeded;
-    ``output_shapes_after_fix`` are then the output shapes of that re-run.
-    ``then`` holds the diagnoses of the next failure when the fixed model still fails
-    elsewhere, so a report can carry a whole repair plan. ``fix`` is the change as code;
-    ``apply`` keeps it in a copy of the model.
+    ``by`` says how: ``"real run"`` (real tensors, real kernels) or ``"dry run"`` (fake
+    tensors: shapes only; dtype and kernel checks that only real kernels make are not seen).
+    ``keeps_batch`` compares the output's leading dim with the samples fed in (an unbatched
+    input counts as one); None when that cannot be told (no tensor input or output).
+    When the model still fails, ``failed_*`` say where and ``same`` whether it is the failure
+    the fix was for (no progress).
+    """
+
+    runs: bool
+    by: Literal["real run", "dry run"]
+    output_shapes: tuple[Shape, ...] = ()
+    samples: int | None = None
+    keeps_batch: bool | None = None
+    failed_path: str | None = None
+    failed_type: str | None = None
+    failed_call: int = 0
+    failed_inputs: tuple[Shape, ...] = ()
+    same: bool = False
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One diagnosis of one failure: the message as data, the fix as a record, its outcome.
+
+    ``headline`` names where; ``evidence`` are labelled lines (what the layer got, expected,
+    PyTorch's own words); ``cause`` says why, ``arithmetic`` the working behind it.
+    ``outcome`` is None for a fix no re-run tried (a suggestion, or the re-run budget was
+    spent).
     """
 
     rule: str
     path: str
-    message: str
-    fix: str
-    verified: bool = False
-    output_shapes_after_fix: list[Shape] | None = None
-    then: tuple[Diagnosis, ...] = field(default=())
-    change: Any = field(default=None, repr=False, compare=False)  # the structured fix
-    #: fingerprint of the layers (paths and types) of the model the fix was made for
+    headline: str
+    evidence: tuple[Evidence, ...]
+    cause: str
+    change: Fix
+    arithmetic: tuple[str, ...] = ()
+    outcome: Outcome | None = None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A named cause of a failure (or a warning on a model that runs) and its repair plan.
+
+    ``plan[0]`` is this diagnosis's own fix; when the model still fails elsewhere with it, the
+    later steps fix what fails next. The plan is ``verified`` when the model runs after its
+    last step, as ``verified_by`` says (``"real run"`` or ``"dry run"``: shapes only), and
+    ``keeps_batch`` says whether its output still has one row per input sample. ``message``
+    is the whole plan as text.
+
+    Example:
+        >>> import torch, shapecheck
+        >>> from shapecheck.demo import seed_model
+        >>> first = shapecheck.explain(seed_model(), torch.randn(1, 3, 32, 32)).diagnoses[0]
+        >>> first.rule, first.verified, first.verified_by, first.keeps_batch
+        ('missing-flatten', True, 'real run', True)
+    """
+
+    plan: tuple[Step, ...]
+    message: str = ""
+    #: fingerprint of the layers (paths and types) of the model the plan was made for
     made_for: int | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def rule(self) -> str:
+        return self.plan[0].rule
+
+    @property
+    def path(self) -> str:
+        return self.plan[0].path
+
+    @property
+    def change(self) -> Fix:
+        """The first step's fix, as a record."""
+        return self.plan[0].change
+
+    @property
+    def fix(self) -> str:
+        """The first step's fix as code to write."""
+        return self.plan[0].change.code
+
+    @property
+    def _last(self) -> Outcome | None:
+        return self.plan[-1].outcome
+
+    @property
+    def verified(self) -> bool:
+        """True when a re-run with every step of the plan ran to the end."""
+        return self._last is not None and self._last.runs
+
+    @property
+    def verified_by(self) -> Literal["real run", "dry run"] | None:
+        return self._last.by if self._last is not None and self._last.runs else None
+
+    @property
+    def keeps_batch(self) -> bool | None:
+        return self._last.keeps_batch if self._last is not None and self._last.runs else None
+
+    @property
+    def output_shapes_after_fix(self) -> list[Shape] | None:
+        """The output shapes of the verified re-run; None when the plan did not run."""
+        last = self._last
+        return list(last.output_shapes) if last is not None and last.runs else None
+
     def apply(self, model: nn.Module) -> nn.Module:
-        """A fixed copy of ``model``: this fix and the rest of its plan, as the re-run verified
-        them. ``model`` (the one given to ``explain``) is left as it is. A change to a layer's
-        input (flatten before ``fc``) is kept as a forward pre-hook on that layer, so names and
-        ``state_dict`` keys stay the same; move it into your ``forward`` for good.
+        """A fixed copy of ``model``: every step of the plan, as its re-run verified it
+        (:func:`shapecheck.apply_fix`)."""
+        from . import apply_fix
 
-        Raises:
-            ShapecheckError: the fix edits the input, a line of ``forward`` or the loss target
-                rather than the layers (make it in your code: the message shows it), or it
-                was not verified.
-            UsageError: ``model`` lacks the layers the fix names.
-        """
-        from ._apply import fixed_copy
+        return apply_fix(self, model)
 
-        return fixed_copy(self, model)
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """An estimate, in bytes, of the peak memory of one training step, by part.
+
+    ``saved`` is measured: the storages autograd keeps for backward (inputs included,
+    parameters and buffers excluded since they are counted on their own). The rest is
+    arithmetic on the unique parameters. ``shapecheck._memory`` says what is left out.
+    """
+
+    optimizer: str
+    params: int
+    buffers: int
+    grads: int
+    optimizer_state: int
+    saved: int
+
+    @property
+    def total(self) -> int:
+        return self.params + self.buffers + self.grads + self.optimizer_state + self.saved

@@ -8,15 +8,13 @@ import textwrap
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ._records import Layer
-from ._source import short
-from ._text import count, nbytes, shapes
+from ._records import Layer, Outcome, Step, TrainingMemory
+from ._text import count, nbytes, shapes, short
 
 if TYPE_CHECKING:
-    from ._memory import TrainingMemory
     from ._report import Report
 
-__all__ = ["render_html", "render_report", "render_table"]
+__all__ = ["plan_text", "render_html", "render_report", "render_table", "step_lines"]
 
 WIDTH = 100
 _COLUMNS = (("layer", 44), ("input", 20), ("output", 20), ("params", 10))
@@ -120,6 +118,10 @@ def render_totals(report: Report) -> str:
     if report.training_memory is not None:
         lines += _memory_lines(report.training_memory)
     mode = "dry run (fake tensors)" if report.dry_run else "real forward"
+    if report.fallback is not None:
+        mode = "real forward: fake tensors could not run it"
+    elif report.unconfirmed:
+        mode += "; not confirmed by a real run"
     output = shapes(report.output_shapes) if report.ok else "— (the forward raised)"
     kinds = " ".join(dict.fromkeys(f"{t.dtype} {t.device}" for t in report.inputs))
     lines.append(f"input      {shapes(report.input_shapes)} {kinds} → output {output}   [{mode}]")
@@ -139,6 +141,57 @@ def _memory_lines(memory: TrainingMemory) -> list[str]:
     return [line.replace("\u00a0", " ") for line in lines]
 
 
+def step_lines(step: Step) -> list[str]:
+    """One diagnosis as lines: headline, labelled evidence, the cause and its arithmetic, the
+    fix with how it was checked."""
+    lines = [step.headline, *(f"  {label:<9} {text}" for label, text in step.evidence)]
+    lines += [f"cause: {step.cause}", *step.arithmetic]
+    lines += [f"fix ({_status(step)}): {step.change.summary}", f"    {step.change.code}"]
+    return lines
+
+
+def _status(step: Step) -> str:
+    """How the fix was checked, in words: what "verified" means, said every time."""
+    outcome = step.outcome
+    if outcome is None:
+        return "suggested"
+    if outcome.runs:
+        return _ran(outcome)
+    if outcome.failed_path is not None and not outcome.same:
+        return f"not enough alone: {_where_next(step, outcome)}"
+    return "not verified: a re-run with it still fails here"
+
+
+def _where_next(step: Step, outcome: Outcome) -> str:
+    """Where the model fails once this fix is made: another layer, another call of the same
+    layer, or the same call on the input the fix gave it."""
+    where = f"'{outcome.failed_path}' ({outcome.failed_type}"
+    if outcome.failed_path != step.path:
+        return f"the model then fails at {where})"
+    if outcome.failed_call:
+        return f"the model then fails at {where}, its call {outcome.failed_call + 1})"
+    return f"{where}) then fails on its new input {shapes(list(outcome.failed_inputs))}"
+
+
+def _ran(outcome: Outcome) -> str:
+    output = shapes(list(outcome.output_shapes))
+    if outcome.keeps_batch is False:
+        return (
+            f"the model then runs ({outcome.by}), but its output {output} does not start "
+            f"with the input's batch of {outcome.samples}: samples are no longer kept apart"
+        )
+    how = "by a real run" if outcome.by == "real run" else "by a dry run, shapes only"
+    return f"verified {how}: the model then runs, output {output}"
+
+
+def plan_text(plan: tuple[Step, ...]) -> str:
+    """A whole repair plan as text: the first diagnosis, then each next step."""
+    lines = step_lines(plan[0])
+    for number, step in enumerate(plan[1:], start=2):
+        lines += ["", f"then, step {number}:", *step_lines(step)]
+    return "\n".join(lines)
+
+
 def render_failure(report: Report) -> str:
     """The failure and its diagnoses; a plain account when no rule matched."""
     failure = report.failure
@@ -146,12 +199,7 @@ def render_failure(report: Report) -> str:
         return ""
     if report.diagnoses:
         first, *others = report.diagnoses
-        lines = _wrapped(first.message)
-        step, number = first, 2
-        while step.then:
-            step = step.then[0]
-            lines += ["", f"then, step {number}:", *_wrapped(step.message)]
-            number += 1
+        lines = _wrapped(plan_text(first.plan))
         lines += [f"also possible ({d.rule}): {d.fix.splitlines()[0]}" for d in others]
         return "\n".join(lines)
     where = (
@@ -187,8 +235,11 @@ def _wrapped(message: str) -> list[str]:
 
 
 def render_warnings(report: Report) -> str:
-    return "\n".join(line for w in report.warnings  # folded like failures: 100 columns
-                     for line in _wrapped(f"warning ({w.rule}): {w.message}"))  # fmt: skip
+    lines = []
+    for warning in report.warnings:  # folded like failures: 100 columns
+        first, *rest = plan_text(warning.plan).splitlines()
+        lines += _wrapped("\n".join([f"warning ({warning.rule}): {first}", *rest]))
+    return "\n".join(lines)
 
 
 def render_report(report: Report) -> str:

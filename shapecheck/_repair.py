@@ -1,128 +1,320 @@
-"""Turn findings into diagnoses: apply each fix to a view of the model and re-run it dry.
+"""The repair stage: try the rules' fixes by re-running the model, and build the diagnoses.
 
-When the fixed model fails further on, the new failure is diagnosed too (a bounded number of
-steps), so a report can hold a whole repair plan.
+One bounded search per ``explain``: the fixes of a failure are tried in score order; when one
+makes the model fail further on instead, the new failure's fixes are tried after it (a repair
+plan), at most :data:`MAX_STEPS` deep and :data:`RERUN_BUDGET` re-runs in all. A plan is
+verified only by a run that went to the end: a real run wherever one is possible and affordable
+(the user's own forward was real, or a dry run whose model fits :data:`REAL_RUN_BYTES`), else a
+dry run on fake tensors, said so. :func:`rank` is the one ranking of the plans found.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ._apply import fingerprint
+from ._changes import Fix, FixKind
 from ._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
-from ._dry import available
-from ._fixes import Applied
-from ._inputs import realise
+from ._fixes import View, applied
+from ._inputs import realise, tensors_in
 from ._loss import loss_hooks
-from ._records import Diagnosis
-from ._text import shapes
-from ._trace import FAKE_LIMITS, Trace, run_trace
+from ._records import Diagnosis, Outcome, Step
+from ._render import plan_text
+from ._trace import REAL_RUN_BYTES, Trace, activation_bytes, real_possible, run_trace
 
-__all__ = ["diagnose", "rerun", "warn"]
+__all__ = [
+    "MAX_CANDIDATES",
+    "MAX_STEPS",
+    "RERUN_BUDGET",
+    "Repair",
+    "context",
+    "diagnose",
+    "planned",
+    "rank",
+    "warn",
+]
 
-MAX_STEPS = 3
-MAX_CANDIDATES = 4
-_FAKE_LIMITS = (*FAKE_LIMITS, NotImplementedError)
+MAX_STEPS = 3  # steps in one repair plan
+MAX_CANDIDATES = 4  # fixes tried for one failure
+RERUN_BUDGET = 12  # re-runs of the model per explain, every candidate and step together
 
-
-def rerun(
-    applied: Applied, device: torch.device | None, loss: nn.Module | None = None, real: bool = False
-) -> Trace:
-    """Dry re-run (with the loss, if any); a real one where fake tensors cannot run an op
-    (data-dependent shapes) or cannot see the failure (index values), as ``real`` says."""
-    hooks = loss_hooks(loss, applied.target)
-    trace = None if real else run_trace(
-        applied.model, applied.args, applied.kwargs, dry_run=True, device=device,
-        rewrites=applied.rewrites, **hooks)  # fmt: skip
-    if trace is None or (trace.failure is not None
-                         and isinstance(trace.failure.exception, _FAKE_LIMITS)):  # fmt: skip
-        here = device if device is not None and available(device) else None  # not simulated
-        # shape-only (meta) inputs of a dry run need data for a real one
-        args, kwargs = (applied.args, applied.kwargs) if real else realise(
-            (applied.args, applied.kwargs), here)  # fmt: skip
-        trace = run_trace(applied.model, args, kwargs, dry_run=False,
-                          rewrites=applied.rewrites, **hooks)  # fmt: skip
-    return trace
+#: Layers whose kernels reject an input of another floating dtype than their weights (fake
+#: tensors do not check it for F.linear): a dry run's "it runs" is checked against this.
+_SAME_DTYPE = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd, nn.RNNBase, nn.MultiheadAttention)
 
 
-def diagnose(
-    base: Applied,
-    trace: Trace,
-    device: torch.device | None,
-    steps: int = MAX_STEPS,
-    loss: nn.Module | None = None,
-) -> list[Diagnosis]:
-    """Diagnoses of ``trace``'s failure, verified ones first."""
-    ctx = Context(trace, base.model, base.args, base.kwargs, loss=loss, target=base.target)
-    findings = find(ctx, FAILURE_RULES)[:MAX_CANDIDATES]
-    real = bool(findings) and _data_dependent(base, trace, device, loss)
-    diagnoses = [_verify(finding, base, trace, device, steps, loss, real) for finding in findings]
-    return sorted(diagnoses, key=lambda d: not (d.verified or _plan_verified(d)))
+Plan = tuple[Step, ...]
+By = Literal["real run", "dry run"]
+
+
+@dataclass
+class Repair:
+    """One explain's repair search: the user's model and inputs, and the re-runs made."""
+
+    base: View
+    device: torch.device | None
+    loss: nn.Module | None = None
+    runs: int = 0
+
+    @property
+    def spent(self) -> bool:
+        return self.runs >= RERUN_BUDGET
+
+
+def context(trace: Trace, view: View, loss: nn.Module | None = None) -> Context:
+    """What the rules read of one trace of ``view``."""
+    return Context(
+        trace.layers,
+        trace.failure,
+        trace.inputs,
+        trace.module_at,
+        view.model,
+        trace.dry_run,
+        trace.weights_on,
+        loss,
+    )
+
+
+def diagnose(repair: Repair, trace: Trace) -> list[Diagnosis]:
+    """One diagnosis per candidate fix of ``trace``'s failure, each with its best plan, best
+    first (see :func:`rank`); fixes the search did not need to try are suggestions."""
+    real = not trace.dry_run
+    findings = find(context(trace, repair.base, repair.loss), FAILURE_RULES)[:MAX_CANDIDATES]
+    plans = _search(repair, trace, findings, real)
+    if not real:
+        plans = _confirm(repair, trace, plans)
+    best: dict[int, Plan] = {index: (finding.step(),) for index, finding in enumerate(findings)}
+    for plan in reversed(rank([plan for _, plan in plans])):  # the best plan of each fix wins
+        best[next(i for i, p in plans if p is plan)] = plan
+    made_for = fingerprint(repair.base.model)
+    return [Diagnosis(plan, plan_text(plan), made_for) for plan in rank(list(best.values()))]
+
+
+def rank(plans: list[tuple[Step, ...]]) -> list[tuple[Step, ...]]:
+    """Best first: the model runs > verified by a real run > keeps one output row per input
+    sample > fewer steps > a smaller change to the model (an edit of a tensor or a module
+    without weights before new weights, before converting the whole model). Stable otherwise,
+    so the rules' scores break ties."""
+
+    def key(plan: tuple[Step, ...]) -> tuple[int, int, int, int, int]:
+        last = plan[-1].outcome
+        runs = last is not None and last.runs
+        real = runs and last is not None and last.by == "real run"
+        keeps = runs and last is not None and last.keeps_batch is not False
+        return (not runs, not real, not keeps, len(plan), sum(_size(s.change) for s in plan))
+
+    return sorted(plans, key=key)
+
+
+def _size(fix: Fix) -> int:
+    """How much a fix changes the model: 0 for an edit of a tensor, 2 for new weights."""
+    weights = {
+        FixKind.REPLACE_MODULE: 2,
+        FixKind.ROUTE_BY_RANK: 2,
+        FixKind.CONVERT_MODEL: 3,
+        FixKind.REGISTER_MODULES: 1,
+        FixKind.INSERT_MODULE: 1,
+    }
+    return weights.get(fix.kind, 0)
+
+
+Found = list[tuple[int, Plan]]  # plans found, each with the index of its first fix
+
+
+def _search(repair: Repair, trace: Trace, findings: list[Finding], real: bool) -> Found:
+    """Plans by depth: the candidates of the first failure in score order, then the next steps
+    of those that made progress, until a plan runs and keeps the batch or the budget is spent."""
+    plans: Found = []
+    frontier: list[tuple[int, Plan, Trace, list[Finding]]] = [
+        (index, (), trace, [finding]) for index, finding in enumerate(findings)
+    ]
+    for _ in range(MAX_STEPS):
+        grown: list[tuple[int, Plan, Trace, list[Finding]]] = []
+        for index, steps, before, candidates in frontier:
+            for finding in candidates[:MAX_CANDIDATES]:
+                tried = _try(repair, steps, before, finding, real)
+                if tried is None:
+                    continue  # a suggestion, a fix already in the plan, or no budget left
+                plan, after, following = tried
+                plans.append((index, plan))
+                if following:
+                    grown.append((index, plan, after, following))
+                if _done(plan):
+                    break
+            if any(_done(plan) for _, plan in plans):
+                return plans
+        frontier = grown
+    return plans
+
+
+def _done(plan: tuple[Step, ...]) -> bool:
+    last = plan[-1].outcome
+    return last is not None and last.runs and last.keeps_batch is not False
+
+
+def _try(
+    repair: Repair, steps: tuple[Step, ...], before: Trace, finding: Finding, real: bool
+) -> tuple[Plan, Trace, list[Finding]] | None:
+    """Re-run with the plan's fixes and this one: the plan, the trace, and the fixes of the
+    next failure when it made progress (fails further on)."""
+    fixes = (*[s.change for s in steps], finding.fix)
+    if finding.fix.kind is FixKind.SUGGESTION or finding.fix in fixes[:-1] or repair.spent:
+        return None
+    with planned(repair.base, fixes) as view:
+        after = _rerun(repair, view, real)
+        outcome = _outcome(after, before, finding, view)
+        following = (
+            []
+            if after.failure is None or outcome.same or outcome.message.startswith(_CLASH)
+            else find(context(after, view, repair.loss), FAILURE_RULES)
+        )
+    step = replace(finding.step(), outcome=outcome)
+    return (*steps, step), after, following
+
+
+@contextmanager
+def planned(base: View, fixes: tuple[Fix, ...]) -> Iterator[View]:
+    """``base`` with every fix made in turn, undone when the block ends."""
+    with ExitStack() as stack:
+        view = base
+        for fix in fixes:
+            view = stack.enter_context(applied(fix, view))
+        yield view
+
+
+def _rerun(repair: Repair, view: View, real: bool) -> Trace:
+    """One re-run of the fixed view (with the loss, if any), real or dry."""
+    repair.runs += 1
+    args, kwargs = (view.args, view.kwargs)
+    if real:  # shape-only (meta) inputs of a dry run need data for a real one
+        here = (
+            repair.device
+            if repair.device is not None and real_possible(view.model, repair.device)
+            else None
+        )
+        args, kwargs = realise((args, kwargs), here)
+    return run_trace(
+        view.model,
+        args,
+        kwargs,
+        dry_run=not real,
+        device=repair.device,
+        rewrites=view.rewrites,
+        **loss_hooks(repair.loss, view.target),
+    )
+
+
+def _samples(view: View) -> int | None:
+    """The samples fed to the model: the leading dim of its first tensor input."""
+    first = next(iter(tensors_in((view.args, view.kwargs))), None)
+    return int(first.shape[0]) if first is not None and first.dim() > 0 else None
+
+
+def _outcome(after: Trace, before: Trace, finding: Finding, view: View) -> Outcome:
+    by: By = "dry run" if after.dry_run else "real run"
+    if after.failure is None:
+        clash = None if by == "real run" else _dtype_clash(after)
+        if clash is not None:
+            return Outcome(False, by, failed_path=clash[0], failed_type=clash[1], message=clash[2])
+        return _ran(after, view, by)
+    failed = after.failure
+    return Outcome(
+        False,
+        by,
+        failed_path=failed.path,
+        failed_type=failed.type,
+        failed_call=_call_number(after),
+        failed_inputs=tuple(failed.input_shapes),
+        same=_same_failure(after, before, finding),
+        message=failed.message,
+    )
+
+
+def _ran(after: Trace, view: View, by: By) -> Outcome:
+    outputs = tuple(t.shape for t in after.outputs)
+    samples = _samples(view)
+    keeps = None if samples is None or not outputs or not outputs[0] else outputs[0][0] == samples
+    return Outcome(True, by, outputs, samples, keeps)
+
+
+_CLASH = "real kernels reject"
+
+
+def _dtype_clash(trace: Trace) -> tuple[str, str, str] | None:
+    """(path, type, why) of a layer whose real kernel would reject its input's dtype, which
+    fake tensors let by (F.linear of float64 input and float32 weights, say)."""
+    for layer in trace.layers:
+        module = trace.module_at.get(layer.index)
+        if not isinstance(module, _SAME_DTYPE) or not layer.inputs:
+            continue
+        weight = next((p for p in module.parameters(recurse=False) if p.is_floating_point()), None)
+        given = layer.inputs[0].dtype
+        want = str(weight.dtype).removeprefix("torch.") if weight is not None else given
+        if given.startswith(("float", "bfloat")) and want != given:
+            return layer.path, layer.type, f"{_CLASH} {given} input for {want} weights"
+    return None
+
+
+def _confirm(repair: Repair, trace: Trace, plans: Found) -> Found:
+    """Dry-verified plans, best first, re-run for real until one holds (when affordable)."""
+    if (
+        not real_possible(repair.base.model, repair.device)
+        or activation_bytes(trace) > REAL_RUN_BYTES
+    ):
+        return plans
+    confirmed = list(plans)
+    for plan in rank([plan for _, plan in plans]):
+        last = plan[-1].outcome
+        if last is None or not last.runs or repair.spent:
+            break
+        with planned(repair.base, tuple(s.change for s in plan)) as view:
+            real = _rerun(repair, view, real=True)
+            outcome = (
+                _ran(real, view, "real run")
+                if real.ok
+                else Outcome(
+                    False,
+                    "real run",
+                    failed_path=real.failure.path if real.failure else None,
+                    failed_type=real.failure.type if real.failure else None,
+                    message=real.failure.message if real.failure else "",
+                )
+            )
+        at = next(i for i, (_, p) in enumerate(confirmed) if p is plan)
+        confirmed[at] = (confirmed[at][0], (*plan[:-1], replace(plan[-1], outcome=outcome)))
+        if outcome.runs:
+            break
+    return confirmed
 
 
 def warn(
     model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], trace: Trace
 ) -> list[Diagnosis]:
-    """Warnings about a model that runs (each a rule id, a message and a fix)."""
-    ctx = Context(trace, model, args, kwargs)
-    return [Diagnosis(f.rule, f.path, f.body + "\n" + _fix_text(f, None), f.fix.code,
-                      change=f.fix)
-            for f in find(ctx, WARNING_RULES)]  # fmt: skip
-
-
-def _plan_verified(diagnosis: Diagnosis) -> bool:
-    return bool(diagnosis.then) and (
-        diagnosis.then[0].verified or _plan_verified(diagnosis.then[0])
-    )
-
-
-def _data_dependent(
-    base: Applied, trace: Trace, device: torch.device | None, loss: nn.Module | None
-) -> bool:
-    """A real failure that fake tensors do not reproduce (an index out of range, say): fixes
-    for it can only be verified by real re-runs."""
-    return not trace.dry_run and rerun(base, device, loss).ok
-
-
-def _verify(
-    finding: Finding,
-    base: Applied,
-    before: Trace,
-    device: torch.device | None,
-    steps: int,
-    loss: nn.Module | None = None,
-    real: bool = False,
-) -> Diagnosis:
-    with finding.fix.applied(base) as applied:
-        after = rerun(applied, device, loss, real)
-        same = _same_failure(after, before, finding)
-        then: tuple[Diagnosis, ...] = ()
-        if after.failure is not None and steps > 1 and not same:
-            then = tuple(diagnose(applied, after, device, steps - 1, loss)[:1])
-    outputs = after.outputs if after.ok else None
-    return Diagnosis(
-        rule=finding.rule, path=finding.path,
-        message=finding.body + "\n" + _fix_text(finding, after, same),
-        fix=finding.fix.code, verified=after.ok,
-        output_shapes_after_fix=None if outputs is None else [t.shape for t in outputs],
-        then=then, change=finding.fix, made_for=fingerprint(base.model),
-    )  # fmt: skip
+    """Warnings about a model that runs (each a rule id, a message and a suggested fix)."""
+    view = View(model, args, kwargs)
+    found = find(context(trace, view), WARNING_RULES)
+    return [Diagnosis((f.step(),), plan_text((f.step(),))) for f in found]
 
 
 def _same_failure(after: Trace, before: Trace, finding: Finding) -> bool:
-    """The fixed model fails in the same call of the finding's layer.
+    """The fixed model fails in the same call of the finding's layer, on the same input.
 
     A module called twice (one BatchNorm at two places, a shared encoder) that now fails on
-    its other call has moved on: that is a new failure, with its own fix.
+    its other call has moved on; so has a layer that now gets another input (the batch dim
+    added, but the flatten still missing): each is a new failure, with its own fix.
     """
     if after.failure is None or after.failure.path != finding.path:
         return False
     if before.failure is None or before.failure.path != finding.path:
         return True  # the finding names another layer than the one that raised: by path only
-    return _call_number(after) == _call_number(before)
+    same_input = after.failure.input_shapes == before.failure.input_shapes
+    return same_input and _call_number(after) == _call_number(before)
 
 
 def _call_number(trace: Trace) -> int:
@@ -133,20 +325,8 @@ def _call_number(trace: Trace) -> int:
     layer = trace.layers[failure.layer_index]
     if layer.kind == "function" and layer.parent is not None:
         layer = trace.layers[layer.parent]  # a functional op: the module call it ran in
-    return sum(1 for earlier in trace.layers[: layer.index]
-               if earlier.kind == "module" and earlier.path == failure.path)  # fmt: skip
-
-
-def _fix_text(finding: Finding, after: Trace | None, same: bool = True) -> str:
-    fix = finding.fix
-    if after is None:
-        status = "suggested"
-    elif after.ok:
-        status = f"verified: the model then runs, output {shapes([t.shape for t in after.outputs])}"
-    elif after.failure is not None and not same:
-        failed = after.failure
-        nth = f", its call {_call_number(after) + 1}" if failed.path == finding.path else ""
-        status = f"not enough alone: the model then fails at '{failed.path}' ({failed.type}{nth})"
-    else:
-        status = "not verified: a re-run with it still fails here"
-    return f"fix ({status}): {fix.summary}\n    {fix.code}"
+    return sum(
+        1
+        for earlier in trace.layers[: layer.index]
+        if earlier.kind == "module" and earlier.path == failure.path
+    )

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from ._records import Diagnosis, Failure, Layer, Shape, TensorInfo
-
-if TYPE_CHECKING:
-    from ._memory import TrainingMemory
+from ._records import Diagnosis, Failure, Layer, Shape, TensorInfo, TrainingMemory
 
 __all__ = ["Report"]
 
@@ -41,9 +38,15 @@ class Report:
     dry_run: bool
     depth: int | None = None
     total_flops: int | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     #: one training step's memory by part, when ``explain(..., optimizer=...)`` asked for it
     training_memory: TrainingMemory | None = None
+    #: why a dry run went on for real (fake tensors could not run it), else None
+    fallback: str | None = None
+    #: a dry run failed and no real run confirmed it (a meta model, a simulated device, or
+    #: larger than the real-run budget): fake kernels may be stricter than real ones
+    unconfirmed: bool = False
+    #: how many re-runs the repair search made (each a forward of the model with fixes)
+    reruns: int = 0
 
     @property
     def ok(self) -> bool:

@@ -61,8 +61,3 @@ def code_line(source: str | None) -> str:
     if not lineno.isdigit():
         return ""
     return linecache.getline(filename, int(lineno)).strip()
-
-
-def short(source: str | None) -> str:
-    """``file:line`` with the directory dropped."""
-    return os.path.basename(source) if source else ""

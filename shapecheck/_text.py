@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
-__all__ = ["count", "nbytes", "shape", "shapes"]
+__all__ = ["count", "nbytes", "shape", "shapes", "short"]
 
 
 def shape(dims: Sequence[int]) -> str:
@@ -28,3 +29,8 @@ def nbytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def short(source: str | None) -> str:
+    """``file:line`` with the directory dropped."""
+    return os.path.basename(source) if source else ""

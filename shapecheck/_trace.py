@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -22,25 +22,42 @@ from torch._subclasses.fake_tensor import (
     UnsupportedOperatorException,
 )
 
-from ._dry import DryRun
+from ._dry import DryRun, available, is_meta_model
 from ._flops import FlopCounter
 from ._inputs import realise
+from ._memory import SavedTensors
 from ._paths import PathIndex
 from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
 from ._source import traceback_source
 
-__all__ = ["FAKE_LIMITS", "Rewrite", "Trace", "gc_paused", "run_trace"]
+__all__ = [
+    "FAKE_LIMITS", "REAL_RUN_BYTES", "Rewrite", "Trace", "activation_bytes", "gc_paused",
+    "go_on_for_real", "real_possible", "run_trace",
+]  # fmt: skip
 
-#: Errors that mean "fake tensors cannot run this", not "the model is wrong".
+#: Errors that mean "fake tensors cannot run this", not "the model is wrong" (an op without a
+#: fake kernel raises NotImplementedError).
 FAKE_LIMITS = (
     DataDependentOutputException, DynamicOutputShapeException, UnsupportedOperatorException,
+    NotImplementedError,
 )  # fmt: skip
+
+
+#: A real run where a dry run could not go on is affordable up to this many bytes of activations
+#: (the layer outputs the dry run saw, leaves only, plus the inputs): a real forward of that
+#: size costs well under a second on a CPU and never more memory than the user's machine has
+#: for the model itself. Larger models keep the dry run's answer, marked as unconfirmed.
+REAL_RUN_BYTES = 256 * 2**20
 
 
 @dataclass
 class Trace:
-    """What one forward pass recorded."""
+    """What one forward pass recorded.
+
+    ``fallback`` says why a dry run went on for real (the layers are then the real run's);
+    ``unconfirmed`` that a dry run failed and no real run could confirm it.
+    """
 
     layers: list[Layer]
     failure: Failure | None
@@ -51,6 +68,10 @@ class Trace:
     output: Any = field(default=None, repr=False)
     #: A dry run with a device puts every weight there (shown under this name); None otherwise.
     weights_on: str | None = None
+    flops: FlopCounter | None = None
+    saved: SavedTensors | None = None
+    fallback: str | None = None
+    unconfirmed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -103,20 +124,110 @@ def run_trace(
     rewrites: Mapping[tuple[str, str], Rewrite] | None = None,
     extra: dict[str, nn.Module] | None = None,
     call: Callable[[Any], Any] | None = None,
-    flops: FlopCounter | None = None,
-    grad: bool = False,
-    contexts: Sequence[AbstractContextManager[Any]] = (),
+    flops: bool = False,
+    saved: bool = False,
+    confirm: bool = False,
 ) -> Trace:
     """Run one forward pass of ``model`` and record it; never raises for the model's errors.
 
     ``call``, when given, receives the model's output and runs more code under the same trace
     (the loss, say); its modules are named by ``extra``. ``flops`` counts FLOPs per call;
-    ``grad`` runs with autograd on (to see what it saves) and ``contexts`` are entered inside
-    the dry run's fake mode, just before the forward.
+    ``saved`` runs with autograd on and records what it saves for backward. A dry run that
+    raises may go on for real: see :func:`go_on_for_real`, with ``confirm`` for the user's own
+    forward.
     """
+    trace = _run_once(model, args, kwargs, dry_run, device, rewrites, extra, call, flops, saved)
+    error = trace.failure.exception if trace.failure is not None else None
+    if not dry_run or error is None:
+        return trace
+    if not go_on_for_real(error, trace, confirm, model, device):
+        trace.unconfirmed = confirm and not isinstance(error, FAKE_LIMITS)
+        return trace
+    here = device if device is not None and available(device) else None  # else: where data is
+    real_args, real_kwargs = realise((args, kwargs), here)
+    real = _run_once(model, real_args, real_kwargs, False, None, rewrites, extra, call, flops,
+                     saved)  # fmt: skip
+    if not isinstance(error, FAKE_LIMITS) and _same_place(real, trace):
+        # the real run fails where the dry run did: the dry answer stands, in PyTorch's words
+        # for real tensors (fake kernels word some errors otherwise)
+        assert trace.failure is not None
+        assert real.failure is not None
+        trace.failure = replace(trace.failure, exception=real.failure.exception)
+        return trace
+    place = "" if here is None and device is None else f" on {here or 'cpu'}"
+    real.fallback = (
+        f"fake tensors could not run this forward ({type(error).__name__}: "
+        f"{_first_line(error)}); it ran for real{place} on example data of the same shapes"
+    )
+    return real
+
+
+def go_on_for_real(
+    error: BaseException, dry: Trace, confirm: bool, model: nn.Module, device: torch.device | None
+) -> bool:
+    """The one fake-to-real fallback policy, for explain, re-runs, FLOPs and memory alike.
+
+    A dry run that raised goes on for real when the model's weights are real (not ``meta``):
+    - when fake tensors cannot run an op (data-dependent output such as ``.item()`` or
+      ``nonzero``, an op without a fake kernel): always, on the device asked for, or where the
+      data lives when that device is only simulated;
+    - for any other error only with ``confirm`` (the dry run is the user's own forward: fake
+      kernels can be stricter than real ones, so a dry run never reports a working model as
+      failed), on a device this machine has (a simulated one could hide a device mismatch),
+      and within :data:`REAL_RUN_BYTES`.
+    A re-run of a candidate fix does not confirm: a fix fake tensors reject is at worst left
+    unverified.
+    """
+    if is_meta_model(model):
+        return False
+    if isinstance(error, FAKE_LIMITS):
+        return True
+    return confirm and real_possible(model, device) and activation_bytes(dry) <= REAL_RUN_BYTES
+
+
+def real_possible(model: nn.Module, device: torch.device | None) -> bool:
+    """True when the model can run for real as asked: weights not on meta, device not simulated."""
+    return not is_meta_model(model) and (
+        device is None or (available(device) and device.type != "meta")
+    )
+
+
+def activation_bytes(trace: Trace) -> int:
+    """Bytes of the inputs and of every leaf call's outputs: what a real run would allocate."""
+    parents = {layer.parent for layer in trace.layers}
+    leaves = sum(layer.output_bytes for layer in trace.layers if layer.index not in parents)
+    return leaves + sum(t.nbytes for t in trace.inputs)
+
+
+def _same_place(real: Trace, dry: Trace) -> bool:
+    return (
+        real.failure is not None
+        and dry.failure is not None
+        and (real.failure.path, real.failure.type) == (dry.failure.path, dry.failure.type)
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _run_once(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    dry_run: bool,
+    device: torch.device | None,
+    rewrites: Mapping[tuple[str, str], Rewrite] | None,
+    extra: dict[str, nn.Module] | None,
+    call: Callable[[Any], Any] | None,
+    flops: bool,
+    saved: bool,
+) -> Trace:
     modules = list(model.modules()) + list((extra or {}).values())
     dry = DryRun(device) if dry_run else None
-    given = (args, kwargs)  # real inputs, for a real run where fake tensors cannot go on
+    counter = FlopCounter() if flops else None
+    saving = SavedTensors(model) if saved else None
     recorder = Recorder(
         PathIndex(model, extra), owned_counts(modules),
         dry.device_alias if dry else {}, rewrites or {},
@@ -127,17 +238,16 @@ def run_trace(
     model_inputs: tuple[TensorInfo, ...] = ()
     try:
         with ExitStack() as stack:
-            stack.enter_context(torch.set_grad_enabled(grad))
+            stack.enter_context(torch.set_grad_enabled(saved))
             stack.enter_context(_eager())
             forward: Callable[..., Any] = model
             if dry is not None:
                 forward, args, kwargs = stack.enter_context(dry.prepare(model, args, kwargs))
-            recorder.busy = True
-            model_inputs = recorder.infos((args, kwargs))
-            recorder.busy = False
-            for context in (*contexts, *([flops] if flops is not None else [])):
-                stack.enter_context(context)
-            recorder.counter = flops
+            model_inputs = recorder.model_inputs(args, kwargs)
+            for context in (saving, counter):
+                if context is not None:
+                    stack.enter_context(context)
+            recorder.counter = counter
             stack.enter_context(hooks(modules, recorder))
             stack.enter_context(FunctionMode(recorder))
             output = forward(*args, **kwargs)
@@ -147,10 +257,8 @@ def run_trace(
         error = exc
     finally:
         restore()
-    if dry is not None and _fake_cannot(error, dry) and flops is None and not contexts:
-        return run_trace(model, *realise(given, device), dry_run=False, rewrites=rewrites,
-                         extra=extra, call=call, grad=grad)  # fmt: skip
     trace = _finish(model, recorder, model_inputs, output, error, dry_run)
+    trace.flops, trace.saved = counter, saving
     if dry is not None and dry.target is not None:
         trace.weights_on = dry.device_alias.get(dry.target.type, str(dry.target))
     return trace
@@ -168,13 +276,6 @@ def _eager() -> AbstractContextManager[Any]:
         return nullcontext()
     stance: AbstractContextManager[Any] = set_stance("force_eager")
     return stance
-
-
-def _fake_cannot(error: Exception | None, dry: DryRun) -> bool:
-    """Fake tensors cannot run data-dependent ops (``.item()``, mask checks, CTC); a real run
-    can, unless the device is only simulated or the weights live on meta."""
-    simulated = bool(dry.device_alias) or (dry.target is not None and dry.target.type == "meta")
-    return isinstance(error, FAKE_LIMITS) and not simulated
 
 
 def _finish(
@@ -209,10 +310,12 @@ def _failure(
     if index is None:
         return Failure("", type(model).__name__, inputs, error, source, None)
     layer = layers[index]
+    values = recorder.value_ranges.get(index)
     if layer.kind == "function":
         owner = layers[layer.parent].path if layer.parent is not None else ""
-        return Failure(owner, layer.type, layer.inputs, error, layer.source or source, index)
-    return Failure(layer.path, layer.type, layer.inputs, error, source, index)
+        return Failure(owner, layer.type, layer.inputs, error, layer.source or source, index,
+                       values)  # fmt: skip
+    return Failure(layer.path, layer.type, layer.inputs, error, source, index, values)
 
 
 def _event_for(events: list[tuple[BaseException, int]], error: BaseException) -> int | None:

@@ -67,16 +67,23 @@ def test_report_and_records_carry_the_documented_names():
         dir(shapecheck.Failure)
     )
     assert {"path", "type", "input_shapes", "exception", "source"} <= failure
-    diagnosis = {f.name for f in dataclasses.fields(shapecheck.Diagnosis)}
-    assert {"rule", "message", "fix", "verified", "output_shapes_after_fix"} <= diagnosis
+    diagnosis = {f.name for f in dataclasses.fields(shapecheck.Diagnosis)} | set(
+        dir(shapecheck.Diagnosis)
+    )
+    assert {"rule", "path", "message", "fix", "change", "plan", "verified", "verified_by",
+            "keeps_batch", "output_shapes_after_fix", "apply"} <= diagnosis  # fmt: skip
+    step = {f.name for f in dataclasses.fields(shapecheck.Step)}
+    assert {"rule", "path", "headline", "evidence", "cause", "arithmetic", "change",
+            "outcome"} <= step  # fmt: skip
     report = {f.name for f in dataclasses.fields(shapecheck.Report)} | set(dir(shapecheck.Report))
     assert {"ok", "layers", "total_params", "trainable_params", "output_shapes", "failure",
             "diagnoses", "raise_for_failure", "to_dict", "_repr_html_"} <= report  # fmt: skip
 
 
 def test_records_are_frozen():
-    for record in (shapecheck.Layer, shapecheck.Failure, shapecheck.Diagnosis,
-                   shapecheck.TensorInfo):  # fmt: skip
+    records = (shapecheck.Layer, shapecheck.Failure, shapecheck.Diagnosis, shapecheck.Step,
+               shapecheck.Outcome, shapecheck.TensorInfo, shapecheck.TrainingMemory)  # fmt: skip
+    for record in records:
         assert record.__dataclass_params__.frozen, record.__name__  # type: ignore[attr-defined]
 
 

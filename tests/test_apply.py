@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -105,8 +106,7 @@ def test_an_unverified_fix_is_refused() -> None:
     first = shapecheck.explain(model, torch.randn(1, 3, 32, 32)).diagnoses  # runs: no diagnoses
     assert first == []
     broken = shapecheck.explain(seed_model(), torch.randn(1, 3, 32, 32)).diagnoses[0]
-    unverified = shapecheck.Diagnosis(broken.rule, broken.path, broken.message, broken.fix,
-                                      verified=False, change=broken.change)  # fmt: skip
+    unverified = shapecheck.Diagnosis((replace(broken.plan[0], outcome=None),))
     with pytest.raises(ShapecheckError, match="not verified"):
         unverified.apply(seed_model())
 

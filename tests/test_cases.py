@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import shapecheck
-from shapecheck import Diagnosis, ShapecheckError
+from shapecheck import ShapecheckError
+from shapecheck._changes import edits_of
 
 CASES = Path(__file__).resolve().parents[2] / "shared" / "cases"
 FILES = sorted(CASES.glob("*.py")) if CASES.is_dir() else []
@@ -43,10 +44,6 @@ def _load(path: Path) -> ModuleType:
     return module
 
 
-def _planned(d: Diagnosis) -> bool:
-    return d.verified or (bool(d.then) and _planned(d.then[0]))
-
-
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict[str, Any]]:
     """Explain every case once: {file name: outcome}."""
@@ -64,7 +61,7 @@ def results() -> dict[str, dict[str, Any]]:
             "message": str(report.failure.exception) if report.failure else "",
             "rule": first.rule if first else None,
             "right_rule": first is not None and first.rule in FAMILY_RULES[expected["family"]],
-            "verified": first is not None and _planned(first),
+            "verified": first is not None and first.verified,
             "report": report, "model": model, "args": args, **loss,
         }  # fmt: skip
     return found
@@ -77,10 +74,6 @@ def test_case_located(name: str, results: dict[str, dict[str, Any]]) -> None:
     assert outcome["expected"]["error"] in outcome["message"]  # PyTorch's own error, traced
 
 
-def _steps(d: Diagnosis) -> list[Diagnosis]:
-    return [d, *_steps(d.then[0])] if d.then else [d]
-
-
 @pytest.mark.parametrize("name", [p.name for p in FILES])
 def test_case_fix_is_kept_or_refused(name: str, results: dict[str, dict[str, Any]]) -> None:
     """A plan of layer edits is kept in a copy that really runs; any other fix is refused with
@@ -88,17 +81,16 @@ def test_case_fix_is_kept_or_refused(name: str, results: dict[str, dict[str, Any
     outcome = results[name]
     model, args, first = outcome["model"], outcome["args"], outcome["report"].diagnoses[0]
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    steps = _steps(first)
-    in_code = [s for s in steps if s.change.changes != "model"]
-    if in_code or not steps[-1].verified:
-        with pytest.raises(ShapecheckError, match=re.escape((in_code or [first])[0].fix)):
+    in_code = [s.change.code for s in first.plan if edits_of(s.change) != "model"]
+    if in_code or not first.verified:
+        with pytest.raises(ShapecheckError, match=re.escape((in_code or [first.fix])[0])):
             first.apply(model)
     else:
         with torch.no_grad():
             out = first.apply(model)(*args)
             if "loss_fn" in outcome:
                 outcome["loss_fn"](out, outcome["target"])
-        assert [tuple(out.shape)] == steps[-1].output_shapes_after_fix
+        assert [tuple(out.shape)] == first.output_shapes_after_fix
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     loss = {k: outcome[k] for k in ("loss_fn", "target") if k in outcome}
     assert shapecheck.explain(model, *args, **loss).failure is not None

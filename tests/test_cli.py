@@ -57,7 +57,7 @@ def test_broken_instance_exits_1_and_shows_the_fix(models: Path, capsys):
     assert code == 1
     assert err == ""
     assert "64x8 and 512x32" in out
-    assert "fix (verified: the model then runs, output (1, 2))" in out
+    assert "fix (verified by a real run: the model then runs, output (1, 2))" in out
 
 
 def test_factory_exits_0(models: Path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 from zoo import capture, fixed, run_fixed, tensor_shapes, unique_params
 
 import shapecheck
-from shapecheck._fixes import Fix
+from shapecheck._changes import Build, Fix, InsertModule, edits_of
 
 ACTIVATIONS = [nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU]
 
@@ -123,7 +124,7 @@ def test_verified_fixes_really_make_the_forward_succeed(
         with fixed(model, (x,), diagnosis) as applied:
             out = run_fixed(applied)  # raises if the "verified" fix does not really run
         assert tensor_shapes(out) == diagnosis.output_shapes_after_fix, diagnosis.rule
-        if diagnosis.change.changes == "model":  # kept in a copy: the copy runs the same way
+        if all(edits_of(s.change) == "model" for s in diagnosis.plan):  # kept in a copy too
             with torch.no_grad():
                 kept = diagnosis.apply(model)(x)
             assert tensor_shapes(kept) == diagnosis.output_shapes_after_fix, diagnosis.rule
@@ -145,13 +146,14 @@ def test_fix_helpers_can_fail():
     assert first.verified
     with fixed(model, (x,), first) as applied:
         assert tensor_shapes(run_fixed(applied)) == [(2, 5)]
-    bogus_text = shapecheck.Diagnosis("missing-flatten", "2", first.message, "nn.Identity()")
-    bogus = shapecheck.Diagnosis("missing-flatten", "2", first.message, "pass",
-                                 change=Fix(summary="change nothing", code="pass"))  # fmt: skip
-    with pytest.raises(RuntimeError, match="cannot be multiplied"), fixed(model, (x,), bogus) as a:
-        run_fixed(a)
-    with pytest.raises(AssertionError, match="no structured fix"), fixed(model, (x,), bogus_text):
-        pass
+    nothing = Fix(summary="change nothing", code="pass")
+    identity = InsertModule(summary="insert an identity", code="nn.Identity()", sequential="",
+                            index=2, build=Build("Identity"))  # fmt: skip
+    for change in (nothing, identity):
+        bogus = shapecheck.Diagnosis((replace(first.plan[0], change=change),))
+        with pytest.raises(RuntimeError, match="cannot be multiplied"), \
+                fixed(model, (x,), bogus) as applied:  # fmt: skip
+            run_fixed(applied)
 
 
 def test_strategy_makes_both_kinds_of_stack():

@@ -1,4 +1,4 @@
-"""Repair plans (``Diagnosis.then``) through a module that is called more than once.
+"""Repair plans (``Diagnosis.plan``) through a module that is called more than once.
 
 A fix that gets the model past the first call of a shared module, only for its second call to
 fail, has made progress: the re-run's failure is a new one, so its own diagnosis (a second
@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 import shapecheck
-from shapecheck._diagnose import FAILURE_RULES, Context, Finding, find
-from shapecheck._fixes import Applied, Fix
+from shapecheck._changes import Fix
+from shapecheck._diagnose import FAILURE_RULES, Finding, find
+from shapecheck._fixes import View
 from shapecheck._records import Diagnosis
-from shapecheck._repair import _same_failure
+from shapecheck._repair import _same_failure, context, planned
 from shapecheck._trace import run_trace
 
 
@@ -65,37 +66,38 @@ def _first(model: nn.Module, args: tuple[Any, ...]) -> Diagnosis:
 def test_shared_encoder_second_call_gets_its_own_step() -> None:
     model, args = _siamese_case()
     first = _first(model, args)
-    assert (first.rule, first.path, first.verified) == ("dtype", "encoder.0", False)
+    assert (first.rule, first.path, first.verified) == ("dtype", "encoder.0", True)
     assert "fails at 'encoder.0' (Conv2d, its call 2)" in first.message, first.message
-    (step,) = first.then
-    assert (step.rule, step.path, step.verified) == ("channels-last", "encoder.0", True)
-    assert step.output_shapes_after_fix == [(2,)]
+    own, step = first.plan
+    assert own.outcome is not None
+    assert not own.outcome.runs
+    assert (step.rule, step.path) == ("channels-last", "encoder.0")
+    assert first.output_shapes_after_fix == [(2,)]
 
 
 def test_shared_batchnorm_plan_gives_the_second_place_its_own_layer() -> None:
     model, args = _shared_norm_case()
     first = _first(model, args)
-    assert (first.rule, first.path) == ("dtype", "bn")
-    (step,) = first.then
-    assert (step.rule, step.path, step.verified) == ("norm-features", "bn", True), step.message
+    assert (first.rule, first.path, first.verified) == ("dtype", "bn", True), first.message
+    _, step = first.plan
+    assert (step.rule, step.path) == ("norm-features", "bn")
     assert "'bn' is one BatchNorm1d(8) used at 2 places: its call 2 gets 16 channels" in (
-        step.message
+        first.message
     )
-    assert step.output_shapes_after_fix == [(4, 16)]
+    assert first.output_shapes_after_fix == [(4, 16)]
 
 
 def _real_plan(model: nn.Module, args: tuple[Any, ...], rules: list[str]) -> tuple[int, ...]:
     """Apply the first finding of each rule in turn, re-running for REAL after each step;
     returns the output shape of the last run (which must succeed)."""
-    base = Applied(model, args, {})
+    base = View(model, args, {})
     trace = run_trace(model, args, {}, dry_run=False)
     if not rules:
         assert trace.ok, trace.failure
         return tuple(trace.outputs[0].shape)
-    ctx = Context(trace, model, args, {})
-    finding = next(f for f in find(ctx, FAILURE_RULES) if f.rule == rules[0])
-    with finding.fix.applied(base) as applied:
-        return _real_plan(applied.model, applied.args, rules[1:])
+    finding = next(f for f in find(context(trace, base), FAILURE_RULES) if f.rule == rules[0])
+    with planned(base, (finding.fix,)) as view:
+        return _real_plan(view.model, view.args, rules[1:])
 
 
 def test_both_plans_run_for_real() -> None:
@@ -107,7 +109,7 @@ def test_same_failure_compares_the_call_not_only_the_path() -> None:
     model, (x,) = _shared_norm_case()
     first_call = run_trace(model, (x,), {}, dry_run=False)  # float64: 'bn' fails in call 1
     second_call = run_trace(model, (x.float(),), {}, dry_run=False)  # 'bn' fails in call 2
-    finding = Finding("dtype", "bn", "", Fix("", ""))
+    finding = Finding("bn", "", (), "", Fix("", ""), rule="dtype")
     assert first_call.failure is not None
     assert second_call.failure is not None
     assert first_call.failure.path == second_call.failure.path == "bn"

@@ -17,20 +17,20 @@ import torch.nn.functional as F
 from torch import nn
 
 import shapecheck
-from shapecheck._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
-from shapecheck._fixes import Applied
+from shapecheck._diagnose import FAILURE_RULES, WARNING_RULES, Finding, find
+from shapecheck._fixes import View
 from shapecheck._loss import loss_hooks, loss_module
-from shapecheck._repair import rerun
+from shapecheck._repair import context, planned
 from shapecheck._trace import run_trace
 
 GOLDEN = Path(__file__).parent / "golden" / "rules"
 Case = tuple[nn.Module, tuple[Any, ...], Any, Any]  # model, args, loss_fn, target
 
 
-def real_run(applied: Applied, loss: nn.Module | None) -> bool:
-    """The fixed view run for real (real tensors, real data), loss included."""
-    trace = run_trace(applied.model, applied.args, applied.kwargs, dry_run=False,
-                      rewrites=applied.rewrites, **loss_hooks(loss, applied.target))  # fmt: skip
+def runs(view: View, loss: nn.Module | None, dry_run: bool) -> bool:
+    """The fixed view run once (real or on fake tensors), loss included."""
+    trace = run_trace(view.model, view.args, view.kwargs, dry_run=dry_run,
+                      rewrites=view.rewrites, **loss_hooks(loss, view.target))  # fmt: skip
     return trace.ok
 
 
@@ -41,13 +41,12 @@ def check_findings(case: Case) -> list[tuple[Finding, bool]]:
     loss = loss_module(loss_fn)
     trace = run_trace(model, args, {}, dry_run=False, **loss_hooks(loss, target))
     assert trace.failure is not None, "the case must fail"
-    ctx = Context(trace, model, args, {}, loss=loss, target=target)
-    base = Applied(model, args, {}, target=target)
+    base = View(model, args, {}, target=target)
     results = []
-    for finding in find(ctx, FAILURE_RULES):
-        with finding.fix.applied(base) as applied:
-            ok = rerun(applied, None, loss).ok
-            assert not ok or real_run(applied, loss), f"{finding.rule}: dry ok but real fails"
+    for finding in find(context(trace, base, loss), FAILURE_RULES):
+        with planned(base, (finding.fix,)) as view:
+            ok = runs(view, loss, dry_run=True)
+            assert not ok or runs(view, loss, dry_run=False), f"{finding.rule}: dry ok, real fails"
         results.append((finding, ok))
     return results
 
@@ -207,7 +206,8 @@ def test_rule_first_verified_and_golden(rule: str) -> None:
     first = report.diagnoses[0]
     assert first.rule == rule, [d.rule for d in report.diagnoses]
     # view-batch's fix is a two-step plan (flatten per sample, then size the Linear)
-    assert first.verified or (first.then and first.then[0].verified), first.message
+    assert first.verified, first.message
+    assert first.verified_by == "real run"
     assert str(error).splitlines()[0] in first.message  # PyTorch's own words, verbatim
     _golden(rule, first.message)
 
@@ -220,8 +220,12 @@ def test_rule_fix_runs_for_real(rule: str) -> None:
 
 
 def test_rules_are_registered_once() -> None:
-    names = [r.__name__ for r in FAILURE_RULES + WARNING_RULES]
-    assert len(names) == len(set(names))
+    readers = [r.read for r in FAILURE_RULES + WARNING_RULES]
+    assert len(readers) == len(set(readers))
+    assert {r.id for r in FAILURE_RULES} == set(CASES)  # every failure rule has its case here
+    assert {r.id for r in WARNING_RULES} == {
+        "view-batch", "reused-module", "unused-module", "softmax-before-loss", "batchnorm-batch1",
+    }  # fmt: skip
 
 
 def test_clarify_shows_the_new_diagnosis() -> None:

@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import Phase, given, note, settings
 from hypothesis import strategies as st
-from test_rules import Case, check_findings, real_run
+from test_rules import Case, check_findings, runs
 from torch import nn
 
 import shapecheck
-from shapecheck._diagnose import FAILURE_RULES, Context, Finding, find
-from shapecheck._fixes import Applied
+from shapecheck._diagnose import FAILURE_RULES, Finding, find
+from shapecheck._fixes import View
 from shapecheck._loss import loss_hooks, loss_module
-from shapecheck._repair import MAX_CANDIDATES, rerun
+from shapecheck._repair import MAX_CANDIDATES, context, planned
 from shapecheck._trace import run_trace
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -276,7 +276,7 @@ PER_FAMILY = 6  # 90 models: the whole file stays near 30 s on two busy cores
 
 
 def test_every_failure_rule_has_a_family() -> None:
-    assert sorted(FAMILIES) == sorted(rule.__name__.replace("_", "-") for rule in FAILURE_RULES)
+    assert sorted(FAMILIES) == sorted({rule.id for rule in FAILURE_RULES})
 
 
 def check_second_steps(case: Case, found: list[tuple[Finding, bool]]) -> None:
@@ -284,19 +284,18 @@ def check_second_steps(case: Case, found: list[tuple[Finding, bool]]) -> None:
     that the dry re-run accepts must make the REAL forward (and loss) run too."""
     model, args, loss_fn, target = case
     loss = loss_module(loss_fn)
-    base = Applied(model, args, {}, target=target)
+    base = View(model, args, {}, target=target)
     for finding in [finding for finding, ok in found[:MAX_CANDIDATES] if not ok]:
-        with finding.fix.applied(base) as first:
+        with planned(base, (finding.fix,)) as first:
             hooks = loss_hooks(loss, first.target)
             trace = run_trace(first.model, first.args, first.kwargs, dry_run=False,
                               rewrites=first.rewrites, **hooks)  # fmt: skip
             if trace.failure is None:
                 continue
-            ctx = Context(trace, first.model, first.args, first.kwargs, loss, first.target)
-            for step in find(ctx, FAILURE_RULES)[:MAX_CANDIDATES]:
-                with step.fix.applied(first) as second:
-                    dry_ok = rerun(second, None, loss).ok
-                    assert not dry_ok or real_run(second, loss), (
+            for step in find(context(trace, first, loss), FAILURE_RULES)[:MAX_CANDIDATES]:
+                with planned(first, (step.fix,)) as second:
+                    dry_ok = runs(second, loss, dry_run=True)
+                    assert not dry_ok or runs(second, loss, dry_run=False), (
                         f"{finding.rule} then {step.rule}: dry ok but real fails"
                     )
 

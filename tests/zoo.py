@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from shapecheck import Diagnosis
-from shapecheck._fixes import Applied, Fix
+from shapecheck._fixes import View
+from shapecheck._repair import planned
 from shapecheck._trace import run_trace
 
 # -- independent references ---------------------------------------------------------------------
@@ -103,15 +104,15 @@ def capture(model: nn.Module, *args: Any, **kwargs: Any) -> Captured:
 
 
 @contextmanager
-def fixed(model: nn.Module, args: tuple[Any, ...], diagnosis: Diagnosis) -> Iterator[Applied]:
-    """The fixed view of ``model`` that ``diagnosis`` proposes, for the duration of the block."""
-    if not isinstance(diagnosis.change, Fix):
-        raise AssertionError(f"{diagnosis.rule} at {diagnosis.path!r} carries no structured fix")
-    with diagnosis.change.applied(Applied(model, args, {})) as applied:
-        yield applied
+def fixed(model: nn.Module, args: tuple[Any, ...], diagnosis: Diagnosis,
+          target: Any = None) -> Iterator[View]:  # fmt: skip
+    """The view of ``model`` with every step of ``diagnosis``'s plan, for the block."""
+    with planned(View(model, args, {}, target=target),
+                 tuple(s.change for s in diagnosis.plan)) as view:  # fmt: skip
+        yield view
 
 
-def run_fixed(applied: Applied) -> Any:
+def run_fixed(applied: View) -> Any:
     """A REAL forward of a fixed view: real tensors, real kernels.
 
     Module edits are plain modules, so the view is simply called. A rewritten functional call

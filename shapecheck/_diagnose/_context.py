@@ -1,73 +1,74 @@
-"""What every rule reads: the trace, the modules behind its rows, and shared look-ups."""
+"""What every rule reads (a traced forward pass as records, and the live modules behind its
+rows) and what it returns: a Finding, its message and its fix as plain data."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
-from .._fixes import Fix
-from .._records import Failure, Layer
-from .._trace import Trace
+from .._changes import Fix
+from .._records import Evidence, Failure, Layer, Step, TensorInfo
 
 __all__ = ["Context", "Finding"]
 
 
 @dataclass(frozen=True)
 class Finding:
-    """A candidate cause, before its fix is verified.
+    """A candidate cause, before its fix is tried.
 
-    ``body`` is the message up to the fix line (headline, evidence, cause); ``score`` ranks
-    findings when several rules fit the same failure.
+    ``headline`` names where; ``evidence`` are labelled lines; ``cause`` says why and
+    ``arithmetic`` shows the working; ``score`` ranks findings of one failure. ``rule`` is
+    filled in by the registry from the rule's id.
     """
 
-    rule: str
     path: str
-    body: str
+    headline: str
+    evidence: tuple[Evidence, ...]
+    cause: str
     fix: Fix
+    arithmetic: tuple[str, ...] = ()
     score: float = 1.0
+    rule: str = ""
+
+    def step(self) -> Step:
+        return Step(
+            self.rule,
+            self.path,
+            self.headline,
+            self.evidence,
+            self.cause,
+            self.fix,
+            self.arithmetic,
+        )
 
 
 @dataclass
 class Context:
-    """A traced forward pass and the live objects behind it, for rules to read."""
+    """One traced forward pass, as records, and the live modules behind its rows."""
 
-    trace: Trace
+    layers: list[Layer]
+    failure: Failure | None
+    inputs: tuple[TensorInfo, ...]
+    module_at: dict[int, nn.Module]
     model: nn.Module
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    dry_run: bool = False
+    #: a dry run with a device ran every weight there (shown under this name); None otherwise
+    weights_on: str | None = None
     loss: nn.Module | None = None  # the loss traced after the forward, if any
-    target: Any = None  # what the loss was given as its target
-
-    @property
-    def failure(self) -> Failure | None:
-        return self.trace.failure
-
-    @property
-    def layers(self) -> list[Layer]:
-        return self.trace.layers
 
     def failed_layer(self) -> Layer | None:
-        failure = self.trace.failure
+        failure = self.failure
         if failure is None or failure.layer_index is None:
             return None
-        return self.trace.layers[failure.layer_index]
+        return self.layers[failure.layer_index]
 
     def module(self, layer: Layer) -> nn.Module | None:
-        return self.trace.module_at.get(layer.index)
+        return self.module_at.get(layer.index)
 
-    def producer(self, layer: Layer) -> Layer | None:
-        """The latest earlier call whose output has the shape of ``layer``'s first input."""
-        if not layer.inputs:
-            return None
-        wanted = layer.inputs[0].shape
-        for earlier in reversed(self.trace.layers[: layer.index]):
-            if earlier.kind != "module" or not earlier.path or earlier.index == layer.parent:
-                continue
-            if wanted in earlier.output_shapes:
-                return earlier
-        return None
+    def producer(self, info: TensorInfo) -> Layer | None:
+        """The row whose call first returned this tensor (recorded while tracing)."""
+        return self.layers[info.made_by] if info.made_by is not None else None
 
     def sequential_slot(self, path: str) -> tuple[str, int, nn.Sequential] | None:
         """(path of the enclosing nn.Sequential, index in it, the Sequential) for ``path``."""

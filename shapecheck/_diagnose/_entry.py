@@ -1,20 +1,18 @@
 """Where a fix to a tensor goes: at the model's input when the tensor is that input, else
-just before the layer that cannot take it. Shared by the rules of several families."""
+just before the outermost layer that takes it. Shared by the rules of several families; uses
+the provenance recorded while tracing, never a guess from equal shapes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import torch
-
-from .._fixes import Fix, TransformInput, WrapModuleInput
-from .._records import Layer, TensorInfo
-from .._source import code_line, short
+from .._changes import EditInput, EditLayerInput, Fix, TensorOp
+from .._records import Layer
+from .._source import code_line
+from .._text import short
 from ._context import Context
 
-__all__ = ["ancestors", "at_entry", "model_arg", "modules_of", "owner_of"]
-
-Transform = Callable[[torch.Tensor], torch.Tensor]
+__all__ = ["ancestors", "at_entry", "modules_of", "owner_of"]
 
 
 def ancestors(ctx: Context, layer: Layer) -> Iterator[Layer]:
@@ -32,60 +30,35 @@ def owner_of(ctx: Context, layer: Layer) -> Layer | None:
     return ctx.layers[layer.parent] if layer.parent is not None else None
 
 
-def model_arg(ctx: Context, info: TensorInfo) -> int | None:
-    """Position of the model's positional tensor argument with ``info``'s shape and dtype."""
-    for position, arg in enumerate(ctx.args):
-        if (
-            isinstance(arg, torch.Tensor)
-            and tuple(arg.shape) == info.shape
-            and str(arg.dtype).removeprefix("torch.") == info.dtype
-        ):
-            return position
-    return None
-
-
-def _made_inside(ctx: Context, layer: Layer) -> bool:
-    """True when an earlier call (not one of ``layer``'s callers) produced its input's shape."""
-    wanted = layer.inputs[0].shape
-    callers = {a.index for a in ancestors(ctx, layer)}
-    return any(
-        wanted in earlier.output_shapes
-        for earlier in ctx.layers[: layer.index]
-        if earlier.index not in callers and earlier.path
-    )
-
-
 def _outermost_module(ctx: Context, layer: Layer) -> Layer | None:
-    """The outermost non-root module call whose first input is the same as ``layer``'s."""
-    wanted = layer.inputs[0].shape
+    """The outermost non-root module call that was handed the same tensor as ``layer``."""
+    key = layer.inputs[0].key
     best = layer if layer.kind == "module" and layer.path else None
     for caller in ancestors(ctx, layer):
-        if not caller.path or not caller.inputs or caller.inputs[0].shape != wanted:
+        if not caller.path or not caller.inputs or caller.inputs[0].key != key:
             break
         best = caller
     return best
 
 
-def at_entry(ctx: Context, layer: Layer, transform: Transform, code: str, summary: str) -> Fix:
-    """A fix applying ``transform`` to the tensor that ``layer`` cannot take, where it enters."""
-    position = model_arg(ctx, layer.inputs[0]) if layer.inputs else None
-    if position is not None and not _made_inside(ctx, layer):
-        return TransformInput(
+def at_entry(ctx: Context, layer: Layer, ops: tuple[TensorOp, ...], code: str, summary: str) -> Fix:
+    """A fix applying ``ops`` to the tensor that ``layer`` cannot take, where it enters."""
+    position = layer.inputs[0].model_input if layer.inputs else None
+    if position is not None:
+        return EditInput(
             summary=f"{summary} before calling the model",
             code=f"{code}   # before model(x)",
             position=position,
-            transform=transform,
+            ops=ops,
         )
     target = _outermost_module(ctx, layer) if layer.inputs else None
     if target is None:
         return Fix(summary=summary, code=code)  # nowhere to try it: shown as not verified
-    line = code_line(ctx.failure.source if ctx.failure else None)
-    at = f"   # before {short(ctx.failure.source if ctx.failure else None)}: {line}" if line else ""
-    return WrapModuleInput(
-        summary=f"{summary} before '{target.path}'",
-        code=code + at,
-        path=target.path,
-        transform=transform,
+    source = ctx.failure.source if ctx.failure else None
+    line = code_line(source)
+    at = f"   # before {short(source)}: {line}" if line else ""
+    return EditLayerInput(
+        summary=f"{summary} before '{target.path}'", code=code + at, path=target.path, ops=ops
     )
 
 

@@ -1,12 +1,13 @@
-"""Phrases shared by the rules' messages, in the style of STYLE.md."""
+"""Phrases and evidence lines shared by the rules' messages, in the style of STYLE.md."""
 
 from __future__ import annotations
 
-from .._records import Failure, Layer
+from .._changes import Fix
+from .._records import Evidence, Failure, Layer
 from .._text import shape
-from ._context import Context
+from ._context import Context, Finding
 
-__all__ = ["got_line", "headline", "layer_message", "pytorch_line", "where"]
+__all__ = ["got", "headline", "layer_evidence", "layer_finding", "made_by", "pytorch", "where"]
 
 
 def where(layer: Layer) -> str:
@@ -18,20 +19,45 @@ def headline(layer: Layer, verb: str = "cannot take its input") -> str:
     return f"layer {where(layer)} {verb}"
 
 
-def got_line(layer: Layer, producer: Layer | None) -> str:
-    source = f"   from '{producer.path}' ({producer.type})" if producer else ""
-    return f"  got       {shape(layer.inputs[0].shape)}{source}"
+def made_by(ctx: Context, layer: Layer, position: int = 0) -> str:
+    """``from '5' (MaxPool2d)``: the call that made ``layer``'s input (recorded provenance);
+    ``""`` for a model input or when nothing recorded made it."""
+    if position >= len(layer.inputs):
+        return ""
+    maker = ctx.producer(layer.inputs[position])
+    if maker is None or maker.index == layer.parent or not maker.path:
+        return ""
+    if maker.kind == "function":
+        return f"from '{maker.summary}' in '{maker.path}'"
+    return f"from '{maker.path}' ({maker.type})"
 
 
-def pytorch_line(failure: Failure) -> str:
-    return f"  PyTorch   {failure.message}"
+def got(ctx: Context, layer: Layer) -> Evidence:
+    source = made_by(ctx, layer)
+    return ("got", shape(layer.inputs[0].shape) + (f"   {source}" if source else ""))
 
 
-def layer_message(ctx: Context, layer: Layer, expected: str, cause: str) -> str:
-    """The usual message: headline, what the layer got and from where, what it expects,
-    PyTorch's own words, and the cause."""
+def pytorch(failure: Failure) -> Evidence:
+    """PyTorch's own words, verbatim (first line)."""
+    return ("PyTorch", failure.message)
+
+
+def layer_evidence(ctx: Context, layer: Layer, expected: str) -> tuple[Evidence, ...]:
+    """The usual evidence: what the layer got and from where, what it expects, PyTorch's words."""
     assert ctx.failure is not None
-    return "\n".join([
-        headline(layer), got_line(layer, ctx.producer(layer)), expected,
-        pytorch_line(ctx.failure), cause,
-    ])  # fmt: skip
+    return got(ctx, layer), ("expected", expected), pytorch(ctx.failure)
+
+
+def layer_finding(
+    ctx: Context,
+    layer: Layer,
+    expected: str,
+    cause: str,
+    fix: Fix,
+    *,
+    arithmetic: tuple[str, ...] = (),
+    score: float = 1.0,
+) -> Finding:
+    """The usual finding of a layer that cannot take its input: its headline and evidence."""
+    evidence = layer_evidence(ctx, layer, expected)
+    return Finding(layer.path, headline(layer), evidence, cause, fix, arithmetic, score)

@@ -2,29 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
-import torch
 from torch import nn
 
-from .._fixes import Fix, ReplaceModule, WrapModuleArgs, WrapModuleInput, batch_first_flipped
+from .._changes import Build, EditLayerInput, Fix, ReplaceModule, SetAttributes, TensorOp
 from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
 from ._entry import at_entry
-from ._words import layer_message
+from ._registry import layer_rule
+from ._words import layer_finding
 
-__all__ = ["attention_dim"]
+__all__ = ["attention_dim", "batch_first_flipped"]
 
 
-def attention_dim(ctx: Context) -> list[Finding]:
+def batch_first_flipped(path: str, module: nn.RNNBase | nn.MultiheadAttention) -> SetAttributes:
+    """The same layer, same weights, reading its input the other way round."""
+    flipped = not module.batch_first
+    return SetAttributes(
+        summary=f"set batch_first={flipped}",
+        code=f"nn.{type(module).__name__}(..., batch_first={flipped})",
+        path=path,
+        values=(("batch_first", flipped),),
+    )
+
+
+@layer_rule("attention-dim", nn.MultiheadAttention)
+def attention_dim(ctx: Context, layer: Layer, module: nn.MultiheadAttention) -> list[Finding]:
     """Query/key/value sizes against embed_dim, kdim/vdim and batch_first."""
-    layer, failure = ctx.failed_layer(), ctx.failure
-    module = ctx.module(layer) if layer is not None else None
-    if layer is None or failure is None or not isinstance(module, nn.MultiheadAttention):
-        return []
-    if len(layer.inputs) < 1:
-        return []
     q = layer.inputs[0].shape
     if q[-1] != module.embed_dim:
         return _embed(ctx, layer, module, q)
@@ -40,74 +46,60 @@ def _embed(
 ) -> list[Finding]:
     e = module.embed_dim
     layout = "(N, L, E)" if module.batch_first else "(L, N, E)"
-    expected = f"  expected  {layout} with E = embed_dim = {e}"
+    expected = f"{layout} with E = embed_dim = {e}"
     if len(q) == 2 and q[-1] % e == 0 and q[-1] > e:
         steps = q[-1] // e
         cause = (
-            f"cause: the last dim {q[-1]} = {steps}*{e}: a sequence of {steps} tokens of "
-            f"{e} features was flattened into one vector per sample"
+            f"the last dim {q[-1]} = {steps}*{e}: a sequence of {steps} tokens of {e} "
+            "features was flattened into one vector per sample"
         )
         if not module.batch_first:
             cause += (
-                f"; this layer has batch_first=False, so (N, {steps}, {e}) "
-                "also needs batch_first=True"
+                f"; this layer has batch_first=False, so (N, {steps}, {e}) also needs "
+                "batch_first=True"
             )
-        code = f"x = x.view(x.size(0), {steps}, {e})"
-        fix = _with_key_value(
-            at_entry(
-                ctx,
-                layer,
-                lambda t: t.view(t.shape[0], steps, e),
-                code,
-                f"unflatten the input into {shape((q[0], steps, e))}",
-            ),
+        unflatten = (TensorOp("unflatten", (-1, (steps, e))),)
+        fix = at_entry(
+            ctx,
             layer,
-            q,
+            unflatten,
+            f"x = x.view(x.size(0), {steps}, {e})",
+            f"unflatten the input into {shape((q[0], steps, e))}",
         )
-        return [
-            Finding(
-                "attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0
-            )
-        ]
-    body = layer_message(ctx, layer, expected, f"cause: the last dim of the query is {q[-1]}, "
-                         f"not embed_dim={e}")  # fmt: skip
+        return [layer_finding(ctx, layer, expected, cause, _with_key_value(fix, layer, q))]
+    cause = f"the last dim of the query is {q[-1]}, not embed_dim={e}"
     project = Fix(summary=f"project the features to {e} first", code=f"nn.Linear({q[-1]}, {e})")
     return [
-        Finding("attention-dim", layer.path, body, _resized(layer, module, q[-1]), 0.9),
-        Finding("attention-dim", layer.path, body, project, 0.85),
+        layer_finding(ctx, layer, expected, cause, _resized(layer, module, q[-1]), score=0.9),
+        layer_finding(ctx, layer, expected, cause, project, score=0.85),
     ]
 
 
 def _resized(layer: Layer, module: nn.MultiheadAttention, features: int) -> Fix:
     """The attention built for the features it is given (heads: the most that divide them)."""
     heads = max(h for h in range(1, module.num_heads + 1) if features % h == 0)
-    new = nn.MultiheadAttention(features, heads, dropout=module.dropout,
-                                bias=module.in_proj_bias is not None,
-                                batch_first=module.batch_first)  # fmt: skip
+    options = (
+        ("dropout", module.dropout),
+        ("bias", module.in_proj_bias is not None),
+        ("batch_first", module.batch_first),
+    )
+    code = f"nn.MultiheadAttention({features}, {heads}" + (
+        ", batch_first=True)" if module.batch_first else ")"
+    )
     return ReplaceModule(
         summary=f"build the attention for {features} features",
-        code=f"nn.MultiheadAttention({features}, {heads}"
-        + (", batch_first=True)" if module.batch_first else ")"),
+        code=code,
         path=layer.path,
-        make=lambda: new,
+        build=Build("MultiheadAttention", (features, heads), options),
     )
 
 
 def _with_key_value(fix: Fix, layer: Layer, q: tuple[int, ...]) -> Fix:
-    """A wrap on the attention itself reshapes only its first argument (the query): in
+    """An edit on the attention itself reshapes only its first argument (the query): in
     ``attn(x, x, x)`` the key and value are the same flattened tensor and need it too."""
-    if not isinstance(fix, WrapModuleInput) or fix.path != layer.path:
+    if not isinstance(fix, EditLayerInput) or fix.path != layer.path:
         return fix
-    transform = fix.transform
-
-    def each(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        def one(t: Any) -> Any:
-            same = isinstance(t, torch.Tensor) and t.is_floating_point() and tuple(t.shape) == q
-            return transform(t) if same else t
-
-        return tuple(one(a) for a in args), {k: one(v) for k, v in kwargs.items()}
-
-    return WrapModuleArgs(summary=fix.summary, code=fix.code, path=fix.path, transform=each)
+    return replace(fix, every_like=q)
 
 
 def _key_value(
@@ -117,24 +109,23 @@ def _key_value(
     k: tuple[int, ...],
     v: tuple[int, ...],
 ) -> Finding:
-    expected = f"  expected  key (*, {module.kdim}), value (*, {module.vdim})   kdim, vdim"
+    expected = f"key (*, {module.kdim}), value (*, {module.vdim})   kdim, vdim"
     cause = (
-        f"cause: key {shape(k)} and value {shape(v)} do not end in "
-        f"kdim={module.kdim}, vdim={module.vdim}"
+        f"key {shape(k)} and value {shape(v)} do not end in kdim={module.kdim}, vdim={module.vdim}"
     )
-    new = nn.MultiheadAttention(
-        module.embed_dim, module.num_heads, kdim=k[-1], vdim=v[-1], batch_first=module.batch_first
+    new = Build(
+        "MultiheadAttention",
+        (module.embed_dim, module.num_heads),
+        (("kdim", k[-1]), ("vdim", v[-1]), ("batch_first", module.batch_first)),
     )
     fix = ReplaceModule(
         summary="build the attention for these key/value sizes",
         code=f"nn.MultiheadAttention({module.embed_dim}, {module.num_heads}, "
         f"kdim={k[-1]}, vdim={v[-1]})",
         path=layer.path,
-        make=lambda: new,
+        build=new,
     )
-    return Finding(
-        "attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 1.0
-    )
+    return layer_finding(ctx, layer, expected, cause, fix)
 
 
 def _layout(
@@ -144,13 +135,18 @@ def _layout(
     if len(q) != 3 or q[0] == q[1]:
         return []
     layout = "(N, L, E)" if module.batch_first else "(L, N, E)"
-    expected = f"  expected  {layout}   batch_first={module.batch_first}"
+    order = "batch, sequence" if module.batch_first else "sequence, batch"
     cause = (
-        f"cause: dims 0 and 1 of {shape(q)} are read as "
-        f"{'batch, sequence' if module.batch_first else 'sequence, batch'}; the other "
-        "tensors (key, value, masks) are laid out the other way"
+        f"dims 0 and 1 of {shape(q)} are read as {order}; the other tensors (key, value, "
+        "masks) are laid out the other way"
     )
-    fix = batch_first_flipped(layer.path, module)
     return [
-        Finding("attention-dim", layer.path, layer_message(ctx, layer, expected, cause), fix, 0.8)
+        layer_finding(
+            ctx,
+            layer,
+            f"{layout}   batch_first={module.batch_first}",
+            cause,
+            batch_first_flipped(layer.path, module),
+            score=0.8,
+        )
     ]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from .._fixes import TransformInput
+from .._changes import EditInput, TensorOp
 from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
-from ._entry import model_arg
-from ._words import pytorch_line, where
+from ._registry import failure_rule
+from ._words import pytorch, where
 
 __all__ = ["missing_batch_dim"]
 
@@ -28,10 +28,7 @@ _BATCH_ONLY: dict[type[nn.Module], int] = {nn.BatchNorm1d: 2, nn.BatchNorm2d: 4,
 def _spatial(module: nn.Module) -> int:
     """Spatial dims of a conv/pool layer (2 for Conv2d/MaxPool2d)."""
     name = type(module).__name__
-    for n in (1, 2, 3):
-        if f"{n}d" in name:
-            return n
-    return -1
+    return next((n for n in (1, 2, 3) if f"{n}d" in name), -1)
 
 
 def _unbatched_row(ctx: Context) -> tuple[Layer, int] | None:
@@ -47,12 +44,13 @@ def _unbatched_row(ctx: Context) -> tuple[Layer, int] | None:
             and ndim == _BATCH_ONLY[type(module)] - 1
             and ndim > 1
         )
-        position = model_arg(ctx, layer.inputs[0]) if unbatched else None
+        position = layer.inputs[0].model_input if unbatched else None
         if position is not None:
             return layer, position
     return None
 
 
+@failure_rule("missing-batch-dim")
 def missing_batch_dim(ctx: Context) -> list[Finding]:
     """A model input reached a layer as one unbatched sample and the forward failed later."""
     failure = ctx.failure
@@ -61,22 +59,21 @@ def missing_batch_dim(ctx: Context) -> list[Finding]:
         return []
     layer, position = found
     x = layer.inputs[0].shape
-    failed = ctx.failed_layer()
-    at = f"'{failure.path}' ({failure.type})" if failed is not None else "the forward"
-    body = "\n".join(
-        [
-            f"input {position} {shape(x)} has no batch dimension; {at} then cannot take its input",
-            f"  got       {shape(x)}   at {where(layer)}, read as ONE unbatched sample",
-            f"  expected  {shape((1, *x))}   (N, {', '.join(map(str, x))}) with a batch dim first",
-            pytorch_line(failure),
-            f"cause: {layer.type} accepts one sample without a batch dim, so its output lost "
-            f"the batch too; a later layer then took dim 0 ({x[0]}) for the batch",
-        ]
+    at = f"'{failure.path}' ({failure.type})" if ctx.failed_layer() is not None else "the forward"
+    evidence = (
+        ("got", f"{shape(x)}   at {where(layer)}, read as ONE unbatched sample"),
+        ("expected", f"{shape((1, *x))}   (N, {', '.join(map(str, x))}) with a batch dim first"),
+        pytorch(failure),
     )
-    fix = TransformInput(
+    cause = (
+        f"{layer.type} accepts one sample without a batch dim, so its output lost the "
+        f"batch too; a later layer then took dim 0 ({x[0]}) for the batch"
+    )
+    fix = EditInput(
         summary="add the batch dimension to the single sample",
         code="x = x.unsqueeze(0)   # before model(x)",
         position=position,
-        transform=lambda t: t.unsqueeze(0),
+        ops=(TensorOp("unsqueeze", (0,)),),
     )
-    return [Finding("missing-batch-dim", failure.path, body, fix, 0.95)]
+    head = f"input {position} {shape(x)} has no batch dimension; {at} then cannot take its input"
+    return [Finding(failure.path, head, evidence, cause, fix, score=0.95)]

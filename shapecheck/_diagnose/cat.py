@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch.nn import functional as F
-
-from .._fixes import Fix, RewriteCall, TransformInput
-from .._records import Layer
+from .._changes import CallRewrite, EditInput, RewriteCall, TensorOp
+from .._records import Evidence, Layer
 from .._shapes import halvings, multiple_below
 from .._text import shape
 from ._context import Context, Finding
-from ._entry import model_arg
-from ._words import pytorch_line
+from ._registry import failure_rule
+from ._words import made_by, pytorch
 
 __all__ = ["cat_mismatch"]
 
 _JOINS = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"})
-
-
-def _made_by(ctx: Context, layer: Layer, wanted: tuple[int, ...]) -> str:
-    for earlier in reversed(ctx.layers[: layer.index]):
-        if earlier.kind == "module" and earlier.path and wanted in earlier.output_shapes:
-            return f"from '{earlier.path}' ({earlier.type})"
-    return ""
 
 
 def _cat_dim(layer: Layer) -> int:
@@ -36,17 +24,7 @@ def _cat_dim(layer: Layer) -> int:
     return 0
 
 
-def _matched(args: tuple[Any, ...], kwargs: dict[str, Any], name: str, dim: int) -> Any:
-    """The same join after resizing every tensor's other dims to the first one's."""
-    tensors = list(args[0])
-    ref = tensors[0]
-    spatial = ref.shape[2:]
-    fixed = [
-        t if t.shape[2:] == spatial else F.interpolate(t, size=tuple(spatial)) for t in tensors
-    ]
-    return getattr(torch, name)(fixed, *args[1:], **kwargs)
-
-
+@failure_rule("cat-mismatch")
 def cat_mismatch(ctx: Context) -> list[Finding]:
     """A cat/stack whose tensors disagree outside the joined dim."""
     layer, failure = ctx.failed_layer(), ctx.failure
@@ -60,26 +38,25 @@ def cat_mismatch(ctx: Context) -> list[Finding]:
     if not differ:
         return []
     owner = ctx.layers[layer.parent] if layer.parent is not None else None
-    lines = [
+    head = (
         f"'{layer.type}' in '{owner.path if owner else ''}' ({owner.type if owner else '?'}) "
         f"got tensors that differ outside dim {dim}"
-    ]
-    lines += [f"  got       {shape(s)}   {_made_by(ctx, layer, s)}".rstrip() for s in shapes]
-    lines.append(pytorch_line(failure))
+    )
+    evidence = (
+        *[("got", f"{shape(s)}   {made_by(ctx, layer, i)}".rstrip()) for i, s in enumerate(shapes)],
+        pytorch(failure),
+    )
     sizes = " vs ".join(str(s[differ[0]]) for s in shapes)
-    findings = _size_findings(ctx, layer, shapes, differ, lines, sizes)
-    lines = [
-        *lines,
-        f"cause: dim {differ[0]} is {sizes}; a down/up-sampling path rounded an odd size",
-    ]
+    findings = _size_findings(ctx, layer, shapes, differ, head, evidence, sizes)
     fix = RewriteCall(
         summary="resize (or pad/crop) the skip to the other tensor's size before joining",
         code=f"y = F.interpolate(y, size=x.shape[2:])   # before torch.{layer.type}([x, y], ...)",
         source=layer.source or "",
         name=layer.type,
-        replacement=lambda a, k: _matched(a, k, layer.type, dim),
+        rewrite=CallRewrite.RESIZE_TO_FIRST,
     )
-    findings.append(Finding("cat-mismatch", failure.path, "\n".join(lines), fix, 0.9))
+    cause = f"dim {differ[0]} is {sizes}; a down/up-sampling path rounded an odd size"
+    findings.append(Finding(failure.path, head, evidence, cause, fix, score=0.9))
     return findings
 
 
@@ -88,13 +65,13 @@ def _size_findings(
     layer: Layer,
     shapes: list[tuple[int, ...]],
     differ: list[int],
-    lines: list[str],
+    head: str,
+    evidence: tuple[Evidence, ...],
     sizes: str,
 ) -> list[Finding]:
     """Inputs whose spatial sizes divide by 2^k: the smallest map decides k."""
-    first = ctx.trace.inputs[0] if ctx.trace.inputs else None
-    position = model_arg(ctx, first) if first is not None else None
-    if first is None or position is None or len(first.shape) not in (3, 4, 5):
+    first = ctx.inputs[0] if ctx.inputs else None
+    if first is None or first.model_input is None or len(first.shape) not in (3, 4, 5):
         return []
     if len(first.shape) != len(shapes[0]):
         return []
@@ -110,23 +87,17 @@ def _size_findings(
     if k == 0 or all(s % factor == 0 for s in spatial):
         return []
     size = tuple(multiple_below(s, factor) for s in spatial)
+    odd = ", ".join(sorted({str(s) for s in spatial if s % factor}))
     cause = (
-        f"cause: dim {differ[0]} is {sizes}: the input {shape(spatial)} is halved {k} times, "
-        f"and {', '.join(sorted({str(s) for s in spatial if s % factor}))} is not a multiple of "
-        f"2^{k} = {factor}, so a halving rounds down and the way back up cannot match"
+        f"dim {differ[0]} is {sizes}: the input {shape(spatial)} is halved {k} times, and "
+        f"{odd} is not a multiple of 2^{k} = {factor}, so a halving rounds down and the way "
+        "back up cannot match"
     )
-    fix: Fix = TransformInput(
+    fix = EditInput(
         summary=f"use inputs whose sides are multiples of {factor}: {shape(size)}",
         code=f"x = F.interpolate(x, size={size})   # sides divisible by 2^{k} = {factor}",
-        position=position,
-        transform=lambda t: F.interpolate(t, size=size),
+        position=first.model_input,
+        ops=(TensorOp("interpolate", (), (("size", size),)),),
     )
-    return [
-        Finding(
-            "cat-mismatch",
-            ctx.failure.path if ctx.failure else "",
-            "\n".join([*lines, cause]),
-            fix,
-            1.0,
-        )
-    ]
+    path = ctx.failure.path if ctx.failure else ""
+    return [Finding(path, head, evidence, cause, fix)]

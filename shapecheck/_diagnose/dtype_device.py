@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import torch
 from torch import nn
 
-from .._fixes import ConvertModel, Fix, SetAttribute, Together, TransformInput
-from .._records import Layer, TensorInfo
+from .._changes import ConvertModel, Fix, RegisterModules, TensorOp, Together
+from .._records import Evidence, Layer, TensorInfo
 from .._text import shape
 from ._context import Context, Finding
 from ._entry import at_entry, owner_of
-from ._words import headline, pytorch_line
+from ._registry import failure_rule
+from ._words import headline, pytorch
 
 __all__ = ["device", "dtype", "unregistered_modules"]
 
@@ -52,14 +51,16 @@ def _want_for(module: nn.Module | None, info: TensorInfo) -> str | None:
     return None
 
 
-def _evidence(layer: Layer, params: str | None) -> list[str]:
-    got = "  got       " + "  ".join(f"{shape(t.shape)} {t.dtype}" for t in layer.inputs[:3])
-    lines = [got]
+def _evidence(layer: Layer, params: str | None) -> list[Evidence]:
+    found: list[Evidence] = [
+        ("got", "  ".join(f"{shape(t.shape)} {t.dtype}" for t in layer.inputs[:3]))
+    ]
     if params is not None:
-        lines.append(f"  expected  {params}   the dtype of the layer's weights")
-    return lines
+        found.append(("expected", f"{params}   the dtype of the layer's weights"))
+    return found
 
 
+@failure_rule("dtype")
 def dtype(ctx: Context) -> list[Finding]:
     """A layer whose input dtype differs from its weights' (or integer ids it needs)."""
     layer, failure = ctx.failed_layer(), ctx.failure
@@ -71,26 +72,26 @@ def dtype(ctx: Context) -> list[Finding]:
         return []
     got = layer.inputs[0].dtype
     hint = " / 255" if got == "uint8" and want in _FLOATS else ""
-    code = f"x = x{_cast(want)}{hint}"
-    target = getattr(torch, want)
-    fix = at_entry(ctx, layer, lambda t: t.to(target), code, f"cast the input to {want}")
-    where = layer if layer.kind == "module" else owner_of(ctx, layer) or layer
-    body = "\n".join(
-        [
-            headline(
-                where,
-                f"cannot take {got} input"
-                if layer.kind == "module"
-                else f"mixes dtypes in '{layer.summary}'",
-            ),
-            *_evidence(layer, want),
-            pytorch_line(failure),
-            f"cause: {got} meets {want}; PyTorch never converts between them implicitly",
-        ]
+    fix = at_entry(
+        ctx,
+        layer,
+        (TensorOp("to", (want,)),),
+        f"x = x{_cast(want)}{hint}",
+        f"cast the input to {want}",
     )
-    findings = [Finding("dtype", where.path, body, fix, 1.0)]
-    if want in _FLOATS and got in _FLOATS and type(fix) is TransformInput:
-        findings.append(Finding("dtype", where.path, body, _model_cast(got), 0.9))
+    owner = layer if layer.kind == "module" else owner_of(ctx, layer) or layer
+    verb = (
+        f"cannot take {got} input"
+        if layer.kind == "module"
+        else f"mixes dtypes in '{layer.summary}'"
+    )
+    evidence = (*_evidence(layer, want), pytorch(failure))
+    cause = f"{got} meets {want}; PyTorch never converts between them implicitly"
+    findings = [Finding(owner.path, headline(owner, verb), evidence, cause, fix)]
+    if want in _FLOATS and got in _FLOATS and fix.edits == "the input":
+        findings.append(
+            Finding(owner.path, headline(owner, verb), evidence, cause, _model_cast(got), score=0.9)
+        )
     return findings
 
 
@@ -104,11 +105,10 @@ def _function_want(layer: Layer) -> str | None:
 
 
 def _model_cast(dtype_name: str) -> Fix:
-    target = getattr(torch, dtype_name)
     return ConvertModel(
         summary=f"convert the model to {dtype_name} instead",
         code=f"model = model{_cast(dtype_name)}",
-        convert=lambda model: model.to(target),
+        dtype=dtype_name,
     )
 
 
@@ -117,9 +117,9 @@ def unregistered_modules(model: nn.Module) -> list[tuple[str, str, Any]]:
     found = []
     for path, module in model.named_modules():
         for name, value in vars(module).items():
-            items = value.values() if isinstance(value, dict) else value
             if name.startswith("_") or not isinstance(value, (list, tuple, dict)):
                 continue
+            items = value.values() if isinstance(value, dict) else value
             if any(isinstance(item, nn.Module) for item in items):
                 found.append((path, name, value))
     return found
@@ -130,26 +130,9 @@ def _device_of(container: Any) -> set[str]:
     return {str(p.device) for m in items if isinstance(m, nn.Module) for p in m.parameters()}
 
 
-def _registered(container: Any, device: torch.device) -> nn.Module:
-    def moved(m: nn.Module) -> nn.Module:
-        m = copy.deepcopy(m)
-        on_meta = any(p.is_meta for p in m.parameters())
-        return m.to_empty(device=device) if on_meta else m.to(device)
-
-    if isinstance(container, dict):
-        return nn.ModuleDict({k: moved(v) for k, v in container.items()})
-    return nn.ModuleList([moved(m) for m in container])
-
-
-def _data_device(ctx: Context) -> torch.device | None:
-    """Where the first input lives (a dry run's shape-only ``meta`` input: where it ran)."""
-    from .._inputs import tensors_in
-
-    tensors = tensors_in((ctx.args, ctx.kwargs))
-    if not tensors or not ctx.trace.inputs:
-        return None
-    meta = tensors[0].device.type == "meta" and ctx.trace.dry_run
-    return torch.device(ctx.trace.inputs[0].device) if meta else tensors[0].device
+def _data_device(ctx: Context) -> str | None:
+    """Where the model's inputs live (for a dry run: where the run placed them)."""
+    return ctx.inputs[0].device if ctx.inputs else None
 
 
 def _seen_devices(ctx: Context, layer: Layer | None) -> dict[str, list[str]]:
@@ -161,11 +144,12 @@ def _seen_devices(ctx: Context, layer: Layer | None) -> dict[str, list[str]]:
     module = ctx.module(layer) if layer is not None and layer.kind == "module" else None
     for name, p in module.named_parameters() if module is not None else ():
         # a dry run with a device ran every registered weight there, whatever its own device
-        where = ctx.trace.weights_on or str(p.device)
+        where = ctx.weights_on or str(p.device)
         seen.setdefault(where, []).append(f"{name} {shape(tuple(p.shape))}")
     return seen
 
 
+@failure_rule("device")
 def device(ctx: Context) -> list[Finding]:
     """Tensors on different devices: unregistered layers, inputs or weights left behind."""
     failure, layer = ctx.failure, ctx.failed_layer()
@@ -174,86 +158,79 @@ def device(ctx: Context) -> list[Finding]:
     if failure is None or home is None or len(seen) < 2:
         return []
     loose = unregistered_modules(ctx.model)
-    stray = loose if any(_device_of(c) - {str(home)} for _, _, c in loose) else []
+    stray = loose if any(_device_of(c) - {home} for _, _, c in loose) else []
     where = (owner_of(ctx, layer) if layer is not None else None) or layer
     head = f"'{where.path}' ({where.type})" if where is not None else "the forward"
-    evidence = [f"  {dev:<9} {', '.join(items)}" for dev, items in seen.items()]
-    lines = [
-        f"{head} mixes devices"
-        + (f" in '{layer.summary}'" if layer and layer.kind == "function" else ""),
-        *evidence,
-        f"  data      {home} (the model's inputs)",
-        pytorch_line(failure),
-    ]
+    head += " mixes devices" + (
+        f" in '{layer.summary}'" if layer and layer.kind == "function" else ""
+    )
+    evidence = (
+        *[(dev, ", ".join(items)) for dev, items in seen.items()],
+        ("data", f"{home} (the model's inputs)"),
+        pytorch(failure),
+    )
+    path = where.path if where is not None else ""
     if stray:
-        return [_stray_finding(ctx, lines, stray, home, where)]
-    return _moved_findings(ctx, layer, lines, home, seen)
+        return [_stray_finding(path, head, evidence, stray, home)]
+    return _moved_findings(ctx, layer, head, evidence, home, seen)
 
 
 def _stray_finding(
-    ctx: Context,
-    lines: list[str],
+    path: str,
+    head: str,
+    evidence: tuple[Evidence, ...],
     stray: list[tuple[str, str, Any]],
-    home: torch.device,
-    where: Layer | None,
+    home: str,
 ) -> Finding:
     names = ", ".join(f"self.{a}" for _, a, _ in stray)
     kinds = sorted(
         {type(m).__name__ for _, _, c in stray for m in (c.values() if isinstance(c, dict) else c)}
     )
-    lines.append(
-        f"cause: {names} is a plain Python {type(stray[0][2]).__name__} of "
-        f"{'/'.join(kinds)}; modules there are not registered, so model.to(device) "
-        f"and model.parameters() never see them (they sit on "
-        f"{', '.join(sorted(set().union(*(_device_of(c) for _, _, c in stray))))})"
+    places = ", ".join(sorted(set().union(*(_device_of(c) for _, _, c in stray))))
+    cause = (
+        f"{names} is a plain Python {type(stray[0][2]).__name__} of {'/'.join(kinds)}; "
+        "modules there are not registered, so model.to(device) and model.parameters() "
+        f"never see them (they sit on {places})"
     )
     parts = tuple(
-        SetAttribute(summary="", code="", owner=o, name=a, make=lambda old: _registered(old, home))
-        for o, a, _ in stray
+        RegisterModules(summary="", code="", owner=o, name=a, device=home) for o, a, _ in stray
     )
     kind = "ModuleDict" if isinstance(stray[0][2], dict) else "ModuleList"
-    code = "; ".join(f"self.{a} = nn.{kind}({a})" for _, a, _ in stray)
     fix = Together(
         summary=f"register them with nn.{kind}, then move the whole model with model.to(device)",
-        code=code,
+        code="; ".join(f"self.{a} = nn.{kind}({a})" for _, a, _ in stray),
         parts=parts,
     )
-    return Finding("device", where.path if where else "", "\n".join(lines), fix, 1.0)
+    return Finding(path, head, evidence, cause, fix)
 
 
 def _moved_findings(
     ctx: Context,
     layer: Layer | None,
-    lines: list[str],
-    home: torch.device,
+    head: str,
+    evidence: tuple[Evidence, ...],
+    home: str,
     seen: dict[str, list[str]],
 ) -> list[Finding]:
-    others = [d for d in seen if d != str(home)]
+    others = [d for d in seen if d != home]
     path = layer.path if layer is not None else ""
-    lines.append(
-        f"cause: the model's weights or tensors it creates sit on {', '.join(others)}, "
+    cause = (
+        f"the model's weights or tensors it creates sit on {', '.join(others)}, "
         f"its inputs on {home}"
     )
-    body = "\n".join(lines)
     move = ConvertModel(
         summary=f"move the whole model to the data's device {home}",
-        code=f"model = model.to({str(home)!r})",
-        convert=lambda m: _moved_model(m, home),
+        code=f"model = model.to({home!r})",
+        device=home,
     )
-    findings = [Finding("device", path, body, move, 0.95)]
+    findings = [Finding(path, head, evidence, cause, move, score=0.95)]
     if layer is not None and len(others) == 1:
-        weights = torch.device(others[0])
         fix = at_entry(
             ctx,
             layer,
-            lambda t: t.to(weights),
+            (TensorOp("to", (others[0],)),),
             f"x = x.to({others[0]!r})",
             f"move the input to {others[0]}",
         )
-        findings.append(Finding("device", path, body, fix, 0.9))
+        findings.append(Finding(path, head, evidence, cause, fix, score=0.9))
     return findings
-
-
-def _moved_model(model: nn.Module, home: torch.device) -> nn.Module:
-    on_meta = any(p.is_meta for p in model.parameters())
-    return model.to_empty(device=home) if on_meta and home.type != "meta" else model.to(home)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from torch import nn
 
-from .._fixes import ConvertTarget
+from .._changes import EditTarget, TensorOp
 from .._loss import LOSS_PATH
 from .._records import Layer, TensorInfo
 from .._text import shape
 from ._context import Context, Finding
-from ._words import pytorch_line
+from ._registry import failure_rule
+from ._words import pytorch
 
 __all__ = ["loss_kind", "loss_row", "loss_target"]
 
@@ -32,7 +30,7 @@ _SAME_SHAPE_LOSSES = (
 )
 _INTEGER = ("int64", "int32", "int16", "int8", "uint8")
 
-Convert = tuple[str, str, Callable[[Any], Any]]
+Convert = tuple[str, str, tuple[TensorOp, ...]]
 
 
 def loss_row(ctx: Context) -> Layer | None:
@@ -55,16 +53,16 @@ def _index_convert(o: tuple[int, ...], t: TensorInfo) -> Convert | None:
         return (
             "one-hot targets: one column per class",
             "target = target.argmax(dim=1)",
-            lambda y: y.argmax(dim=1),
+            (TensorOp("argmax", (), (("dim", 1),)),),
         )
     if len(s) == len(o) and len(s) >= 2 and s[1] == 1 and s[:1] + s[2:] == o[:1] + o[2:]:
         return (
             f"the class ids carry an extra dim of size 1: {shape(s)}",
             "target = target.squeeze(1).long()",
-            lambda y: y.squeeze(1).long(),
+            (TensorOp("squeeze", (1,)), TensorOp("long")),
         )
     if s == o[:1] + o[2:] and t.dtype not in _INTEGER:
-        return (f"class ids stored as {t.dtype}", "target = target.long()", lambda y: y.long())
+        return (f"class ids stored as {t.dtype}", "target = target.long()", (TensorOp("long"),))
     return None
 
 
@@ -74,7 +72,7 @@ def _same_convert(o: tuple[int, ...], t: TensorInfo) -> Convert | None:
         return (
             f"{t.dtype} targets; this loss needs floats",
             "target = target.float()",
-            lambda y: y.float(),
+            (TensorOp("float"),),
         )
     n = 1
     for d in o:
@@ -86,11 +84,12 @@ def _same_convert(o: tuple[int, ...], t: TensorInfo) -> Convert | None:
         return (
             f"the target is {shape(t.shape)}, the output {shape(o)}: same values, other shape",
             "target = target.float().view_as(output)",
-            lambda y: y.float().reshape(o),
+            (TensorOp("float"), TensorOp("reshape", o)),
         )
     return None
 
 
+@failure_rule("loss-target")
 def loss_target(ctx: Context) -> list[Finding]:
     """The loss failed and its target, not the model's output, is what does not fit."""
     failure = ctx.failure
@@ -98,7 +97,7 @@ def loss_target(ctx: Context) -> list[Finding]:
     if failure is None or failure.path != LOSS_PATH or row is None or len(row.inputs) < 2:
         return []
     out, target = row.inputs[0], row.inputs[1]
-    batch = ctx.trace.inputs[0].shape[:1] if ctx.trace.inputs else ()
+    batch = ctx.inputs[0].shape[:1] if ctx.inputs else ()
     if batch and out.shape[:1] != batch and target.shape[:1] == batch:
         return []  # the output lost its batch inside the model: not the target's fault
     kind = loss_kind(ctx, row)
@@ -111,24 +110,24 @@ def loss_target(ctx: Context) -> list[Finding]:
     )
     if convert is None:
         return []
-    why, code, transform = convert
+    why, code, ops = convert
     expected = (
         f"{shape(out.shape[:1] + out.shape[2:])} int64 class ids"
         if kind == "index"
         else f"{shape(out.shape)} float, like the output"
     )
-    body = "\n".join(
-        [
-            f"loss '{LOSS_PATH}' ({row.type}) cannot take its target",
-            f"  output    {shape(out.shape)} {out.dtype}",
-            f"  got       {shape(target.shape)} {target.dtype}   the target",
-            f"  expected  {expected}",
-            pytorch_line(failure),
-            f"cause: {why}",
-        ]
+    evidence = (
+        ("output", f"{shape(out.shape)} {out.dtype}"),
+        ("got", f"{shape(target.shape)} {target.dtype}   the target"),
+        ("expected", expected),
+        pytorch(failure),
     )
-    fix = ConvertTarget(summary="convert the target", code=code, transform=transform)
-    return [Finding("loss-target", LOSS_PATH, body, fix, 1.0)]
+    fix = EditTarget(summary="convert the target", code=code, ops=ops)
+    return [
+        Finding(
+            LOSS_PATH, f"loss '{LOSS_PATH}' ({row.type}) cannot take its target", evidence, why, fix
+        )
+    ]
 
 
 def is_cross_entropy(module: nn.Module | None) -> bool:

@@ -11,15 +11,14 @@ import math
 import re
 from typing import Any
 
-import torch
 from torch import nn
 
-from .._fixes import Fix, ReplaceModule, TransformInput
+from .._changes import Build, EditInput, Fix, ReplaceModule, RouteByRank, TensorOp
 from .._records import Layer
 from .._text import shape
 from ._context import Context, Finding
-from ._entry import model_arg
-from ._words import layer_message
+from ._registry import layer_rule
+from ._words import layer_finding
 
 __all__ = ["norm_features"]
 
@@ -37,20 +36,6 @@ _RANKS: dict[type[nn.Module], tuple[int, ...]] = {
 _BY_RANK = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
 
 
-class _Routed(nn.Module):
-    """``new`` for inputs of one rank (and ``channels`` at dim 1, when given), the old module
-    for the rest: what two attributes would do when one name was assigned twice, or one
-    layer used at two places (used only inside a fix's re-run)."""
-
-    def __init__(self, new: nn.Module, old: nn.Module, rank: int, channels: int = 0) -> None:
-        super().__init__()
-        self.new, self.old, self.rank, self.channels = new, old, rank, channels
-
-    def forward(self, x: torch.Tensor) -> Any:
-        mine = x.dim() == self.rank and (not self.channels or x.shape[1] == self.channels)
-        return self.new(x) if mine else self.old(x)
-
-
 def _assigned_twice(ctx: Context, path: str) -> bool:
     """True when the owner's ``__init__`` assigns ``self.<name> =`` more than once."""
     owner_path, _, name = path.rpartition(".")
@@ -62,32 +47,15 @@ def _assigned_twice(ctx: Context, path: str) -> bool:
     return len(re.findall(rf"self\.{re.escape(name)}\s*=[^=]", source)) > 1
 
 
-def _fail(ctx: Context) -> tuple[Layer, nn.Module, tuple[int, ...]] | None:
-    layer = ctx.failed_layer()
-    module = ctx.module(layer) if layer is not None else None
-    if layer is None or module is None or not layer.inputs or ctx.failure is None:
-        return None
-    return layer, module, layer.inputs[0].shape
-
-
-def norm_features(ctx: Context) -> list[Finding]:
+@layer_rule("norm-features", _Batch, _Instance, nn.LayerNorm, nn.GroupNorm)
+def norm_features(ctx: Context, layer: Layer, module: Any) -> list[Finding]:
     """A norm layer whose size or rank does not fit its input, or BatchNorm on one sample."""
-    found = _fail(ctx)
-    if found is None:
-        return []
-    layer, module, x = found
+    x = layer.inputs[0].shape
     if isinstance(module, (_Batch, _Instance)):
         return _batch_norm(ctx, layer, module, x)
     if isinstance(module, nn.LayerNorm):
         return _layer_norm(ctx, layer, module, x)
-    if isinstance(module, nn.GroupNorm):
-        return _group_norm(ctx, layer, module, x)
-    return []
-
-
-def _finding(ctx: Context, layer: Layer, expected: str, cause: str, fix: Fix) -> Finding:
-    body = layer_message(ctx, layer, expected, cause)
-    return Finding("norm-features", layer.path, body, fix, 1.0)
+    return _group_norm(ctx, layer, module, x)
 
 
 def _batch_norm(ctx: Context, layer: Layer, module: nn.Module, x: tuple[int, ...]) -> list[Finding]:
@@ -111,84 +79,94 @@ def _wrong_rank(
 ) -> Finding:
     cls = _BY_RANK.get(len(x), nn.BatchNorm1d)
     channels = x[1] if len(x) > 1 else x[0]
-    new = cls(channels)
     name = type(module).__name__
     twice = _assigned_twice(ctx, layer.path)
     attr = layer.path.rpartition(".")[2]
     cause = (
-        f"cause: {name} takes {' or '.join(f'{r}-D' for r in ranks)} input; this "
+        f"{name} takes {' or '.join(f'{r}-D' for r in ranks)} input; this "
         f"{len(x)}-D input with {channels} channels needs {cls.__name__}({channels})"
     )
-    if twice:
-        cause += (
-            f"\n  self.{attr} is assigned twice in __init__: the later "
-            f"{name}({module.num_features}) replaced the layer meant for this call"
+    arithmetic = (
+        (
+            f"  self.{attr} is assigned twice in __init__: the later "
+            f"{name}({module.num_features}) replaced the layer meant for this call",
         )
+        if twice
+        else ()
+    )
     code = f"self.{attr} = nn.{cls.__name__}({channels})"
     code += f"   # and give the {name} its own name" if twice else ""
-    fix = ReplaceModule(
+    fix = RouteByRank(
         summary=f"use nn.{cls.__name__}({channels}) for this {len(x)}-D input",
         code=code,
         path=layer.path,
-        make=lambda: _Routed(new, module, len(x)),
+        build=Build(cls.__name__, (channels,)),
+        rank=len(x),
     )
-    expected = f"  expected  {' or '.join(f'{r}-D' for r in ranks)} input   {layer.summary}"
-    return _finding(ctx, layer, expected, cause, fix)
+    expected = f"{' or '.join(f'{r}-D' for r in ranks)} input   {layer.summary}"
+    return layer_finding(ctx, layer, expected, cause, fix, arithmetic=arithmetic)
 
 
 def _wrong_features(
     ctx: Context, layer: Layer, module: Any, x: tuple[int, ...], features: int
 ) -> Finding:
     name = type(module).__name__
-    new = type(module)(
-        features,
-        eps=module.eps,
-        momentum=module.momentum,
-        affine=module.affine,
-        track_running_stats=module.track_running_stats,
+    new = Build(
+        name,
+        (features,),
+        (
+            ("eps", module.eps),
+            ("momentum", module.momentum),
+            ("affine", module.affine),
+            ("track_running_stats", module.track_running_stats),
+        ),
     )
-    expected = f"  expected  (N, {module.num_features}, ...)   num_features={module.num_features}"
-    cause = (
-        f"cause: the input has {features} channels at dim 1, not num_features={module.num_features}"
-    )
+    expected = f"(N, {module.num_features}, ...)   num_features={module.num_features}"
+    cause = f"the input has {features} channels at dim 1, not num_features={module.num_features}"
     calls = [e for e in ctx.layers[: layer.index] if e.kind == "module" and e.path == layer.path]
-    if any(e.inputs and e.inputs[0].shape[1:2] == (module.num_features,) for e in calls):
-        cause += (
-            f"\n  '{layer.path}' is one {name}({module.num_features}) used at "
-            f"{len(calls) + 1} places: its call {len(calls) + 1} gets {features} channels"
+    shared = any(e.inputs and e.inputs[0].shape[1:2] == (module.num_features,) for e in calls)
+    arithmetic = (
+        (
+            f"  '{layer.path}' is one {name}({module.num_features}) used at "
+            f"{len(calls) + 1} places: its call {len(calls) + 1} gets {features} channels",
         )
+        if shared
+        else ()
+    )
     own = f"give this call its own {name}({features})"
-    fix = ReplaceModule(
+    fix = RouteByRank(
         summary=own if calls else f"size '{layer.path}' for {features} features",
         code=f"nn.{name}({features})" + ("   # a new layer for this call" if calls else ""),
         path=layer.path,
-        make=lambda: _Routed(new, module, len(x), features if calls else 0),
+        build=new,
+        rank=len(x),
+        channels=features if calls else 0,
     )
-    return _finding(ctx, layer, expected, cause, fix)
+    return layer_finding(ctx, layer, expected, cause, fix, arithmetic=arithmetic)
 
 
 def _one_sample(ctx: Context, layer: Layer, module: nn.Module, x: tuple[int, ...]) -> Finding:
-    expected = "  expected  more than 1 value per channel   (BatchNorm in training mode)"
+    expected = "more than 1 value per channel   (BatchNorm in training mode)"
     cause = (
-        f"cause: {type(module).__name__} in training mode computes batch statistics; "
+        f"{type(module).__name__} in training mode computes batch statistics; "
         f"{shape(x)} holds 1 value per channel (a last batch of 1 sample?)"
     )
-    position = model_arg(ctx, ctx.trace.inputs[0]) if ctx.trace.inputs else None
+    position = ctx.inputs[0].model_input if ctx.inputs else None
     code = (
         "DataLoader(..., drop_last=True)   # never a 1-sample training batch; "
         "or model.eval() to predict one sample"
     )
     if position is None:
-        return _finding(
+        return layer_finding(
             ctx, layer, expected, cause, Fix(summary="drop 1-sample batches", code=code)
         )
-    fix = TransformInput(
+    fix = EditInput(
         summary="train on batches of ≥ 2 samples (checked with a batch of 2)",
         code=code,
         position=position,
-        transform=lambda t: torch.cat([t, t]),
+        ops=(TensorOp("repeat_interleave", (2,), (("dim", 0),)),),
     )
-    return _finding(ctx, layer, expected, cause, fix)
+    return layer_finding(ctx, layer, expected, cause, fix)
 
 
 def _layer_norm(
@@ -198,17 +176,21 @@ def _layer_norm(
     if x[-len(want) :] == want or len(x) < len(want):
         return []
     got = x[-len(want) :]
-    expected = f"  expected  (*, {', '.join(map(str, want))})   normalized_shape={want}"
-    cause = f"cause: LayerNorm normalises the trailing dims {shape(got)}, not {shape(want)}"
-    new = nn.LayerNorm(got, eps=module.eps, elementwise_affine=module.elementwise_affine)
+    expected = f"(*, {', '.join(map(str, want))})   normalized_shape={want}"
+    cause = f"LayerNorm normalises the trailing dims {shape(got)}, not {shape(want)}"
     arg = got[0] if len(got) == 1 else got
+    new = Build(
+        "LayerNorm",
+        (arg,),
+        (("eps", module.eps), ("elementwise_affine", module.elementwise_affine)),
+    )
     fix = ReplaceModule(
         summary=f"size '{layer.path}' for the trailing dims {shape(got)}",
         code=f"nn.LayerNorm({arg})",
         path=layer.path,
-        make=lambda: new,
+        build=new,
     )
-    return [_finding(ctx, layer, expected, cause, fix)]
+    return [layer_finding(ctx, layer, expected, cause, fix)]
 
 
 def _group_norm(
@@ -218,15 +200,13 @@ def _group_norm(
         return []
     channels = x[1]
     groups = math.gcd(module.num_groups, channels)
-    expected = f"  expected  (N, {module.num_channels}, ...)   num_channels={module.num_channels}"
-    cause = (
-        f"cause: the input has {channels} channels at dim 1, not num_channels={module.num_channels}"
-    )
-    new = nn.GroupNorm(groups, channels, eps=module.eps, affine=module.affine)
+    expected = f"(N, {module.num_channels}, ...)   num_channels={module.num_channels}"
+    cause = f"the input has {channels} channels at dim 1, not num_channels={module.num_channels}"
+    new = Build("GroupNorm", (groups, channels), (("eps", module.eps), ("affine", module.affine)))
     fix = ReplaceModule(
         summary=f"size '{layer.path}' for {channels} channels",
         code=f"nn.GroupNorm({groups}, {channels})",
         path=layer.path,
-        make=lambda: new,
+        build=new,
     )
-    return [_finding(ctx, layer, expected, cause, fix)]
+    return [layer_finding(ctx, layer, expected, cause, fix)]

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .._fixes import Fix, TransformInput
+from .._changes import EditInput, Fix, TensorOp
 from .._records import Layer
 from .._shapes import Window, min_input, output_size, per_dim
 from .._text import shape
 from ._context import Context, Finding
-from ._entry import model_arg
-from ._words import pytorch_line, where
+from ._registry import failure_rule
+from ._words import pytorch, where
 
 __all__ = ["input_too_small", "windows"]
 
@@ -95,35 +91,25 @@ def _history(rows: list[tuple[Layer, tuple[Window, ...]]]) -> list[str]:
 def _resize_fix(ctx: Context, need: tuple[int, ...]) -> Fix:
     image = next(
         (
-            i
-            for i, a in enumerate(ctx.args)
-            if isinstance(a, torch.Tensor) and a.dim() == len(need) + 2 and a.is_floating_point()
+            t
+            for t in ctx.inputs
+            if t.model_input is not None
+            and len(t.shape) == len(need) + 2
+            and t.dtype.startswith(("float", "bfloat"))
         ),
         None,
     )
     size = "x".join(map(str, need))
     code = f"x = F.interpolate(x, size={need})   # or feed inputs of at least {size}"
-    if image is None or model_arg(ctx, _info(ctx.args[image])) is None:
+    if image is None or image.model_input is None:
         return Fix(summary=f"feed inputs of at least {size}", code=code)
-    mode = "nearest"
-    return TransformInput(
-        summary=f"resize the input to {size}",
-        code=code,
-        position=image,
-        transform=lambda t: _resize(t, need, mode),
+    resize = TensorOp("interpolate", (), (("size", need), ("mode", "nearest")))
+    return EditInput(
+        summary=f"resize the input to {size}", code=code, position=image.model_input, ops=(resize,)
     )
 
 
-def _resize(t: torch.Tensor, size: tuple[int, ...], mode: str) -> torch.Tensor:
-    return F.interpolate(t, size=size, mode=mode)
-
-
-def _info(t: Any) -> Any:
-    from .._records import TensorInfo
-
-    return TensorInfo(tuple(t.shape), str(t.dtype).removeprefix("torch."), str(t.device))
-
-
+@failure_rule("input-too-small")
 def input_too_small(ctx: Context) -> list[Finding]:
     """A conv/pool window that no longer fits: name it, the sizes on the way, the minimum."""
     layer, failure = ctx.failed_layer(), ctx.failure
@@ -141,21 +127,31 @@ def input_too_small(ctx: Context) -> list[Finding]:
         return []
     rows = _spatial_rows(ctx, layer.index)
     need = _needed(rows)
-    first = ctx.trace.inputs[0].shape[-len(found) :] if ctx.trace.inputs else x
-    body = "\n".join(
-        [
-            f"layer {where(layer)} has no room left: the input is too small",
-            f"  got       {shape(layer.inputs[0].shape)}   spatial {shape(x)}",
-            f"  expected  spatial ≥ {shape(tuple(w.span - 2 * w.padding for w in found))}"
+    first = ctx.inputs[0].shape[-len(found) :] if ctx.inputs else x
+    evidence = (
+        ("got", f"{shape(layer.inputs[0].shape)}   spatial {shape(x)}"),
+        (
+            "expected",
+            f"spatial ≥ {shape(tuple(w.span - 2 * w.padding for w in found))}"
             f"   the window (kernel {shape(tuple(w.span for w in found))}, padding "
             f"{shape(tuple(w.padding for w in found))}) must fit",
-            pytorch_line(failure),
-            f"cause: the input {shape(first)} shrinks on the way, layer by layer:",
-            *_history(rows),
-            f"  the smallest input that gets through '{layer.path}' is {shape(need)}",
-        ]
+        ),
+        pytorch(failure),
     )
-    return [Finding("input-too-small", layer.path, body, _resize_fix(ctx, need), 1.0)]
+    arithmetic = (
+        *_history(rows),
+        f"  the smallest input that gets through '{layer.path}' is {shape(need)}",
+    )
+    return [
+        Finding(
+            layer.path,
+            f"layer {where(layer)} has no room left: the input is too small",
+            evidence,
+            f"the input {shape(first)} shrinks on the way, layer by layer:",
+            _resize_fix(ctx, need),
+            arithmetic,
+        )
+    ]
 
 
 def _fallback(ctx: Context, layer: Layer) -> list[Finding]:
@@ -163,16 +159,19 @@ def _fallback(ctx: Context, layer: Layer) -> list[Finding]:
     failure = ctx.failure
     if failure is None or not any(text in failure.message for text in _FALLBACK):
         return []
-    body = "\n".join(
-        [
-            f"call '{layer.summary}' in '{failure.path}' has no room left: the input is too small",
-            f"  got       {shape(layer.inputs[0].shape)}",
-            pytorch_line(failure),
-            "cause: the spatial size fell below the window of this call",
-        ]
-    )
     fix = Fix(
         summary="feed larger inputs, or use fewer down-sampling steps",
         code="x = F.interpolate(x, scale_factor=2)   # or a larger input",
     )
-    return [Finding("input-too-small", failure.path, body, fix, 0.9)]
+    head = f"call '{layer.summary}' in '{failure.path}' has no room left: the input is too small"
+    evidence = (("got", shape(layer.inputs[0].shape)), pytorch(failure))
+    return [
+        Finding(
+            failure.path,
+            head,
+            evidence,
+            "the spatial size fell below the window of this call",
+            fix,
+            score=0.9,
+        )
+    ]

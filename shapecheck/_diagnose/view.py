@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
-import torch
-
-from .._fixes import RewriteCall
-from .._records import Layer
-from .._source import code_line, short
-from .._text import shape
+from .._changes import CallRewrite, RewriteCall
+from .._records import Evidence, Layer
+from .._source import code_line
+from .._text import shape, short
 from ._context import Context, Finding
-from ._words import pytorch_line
+from ._registry import failure_rule
+from ._words import pytorch
 
 __all__ = ["batch_changing_views", "view_batch"]
 
@@ -20,12 +18,8 @@ _RESHAPES = frozenset({"view", "reshape"})
 
 
 def _batch(ctx: Context) -> int | None:
-    inputs = ctx.trace.inputs
+    inputs = ctx.inputs
     return inputs[0].shape[0] if inputs and inputs[0].shape else None
-
-
-def _flatten_per_sample(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return torch.flatten(args[0], 1)
 
 
 def _is_batch_view(layer: Layer, batch: int) -> bool:
@@ -44,29 +38,29 @@ def batch_changing_views(ctx: Context) -> list[Layer]:
     return [layer for layer in ctx.layers if _is_batch_view(layer, batch)]
 
 
-def _body(ctx: Context, layer: Layer, batch: int) -> list[str]:
+def _evidence(layer: Layer, batch: int) -> list[Evidence]:
     x = layer.inputs[0].shape
-    call = f"{layer.type}({layer.arguments})"
-    owner = ctx.layers[layer.parent].path if layer.parent is not None else ""
-    line = code_line(layer.source)
-    lines = [f"call '{call}' in '{owner}' ({ctx.layers[layer.parent or 0].type}) "
-             f"{'cannot keep' if layer.failed else 'changed'} the batch dimension",
-             f"  got       {shape(x)}   batch {batch}"]  # fmt: skip
+    found: list[Evidence] = [("got", f"{shape(x)}   batch {batch}")]
     if layer.outputs:
-        lines.append(
-            f"  made      {shape(layer.outputs[0].shape)}   batch {layer.outputs[0].shape[0]}"
-        )
+        made = layer.outputs[0].shape
+        found.append(("made", f"{shape(made)}   batch {made[0]}"))
+    line = code_line(layer.source)
     if line:
-        lines.append(f"  at        {short(layer.source)}   {line}")
-    per_sample = math.prod(x[1:])
-    lines.append(
-        f"cause: -1 stands for whatever is left, not the batch: {batch} samples of "
-        f"{'*'.join(map(str, x[1:]))} = {per_sample} values each, so rows of "
-        f"{layer.arguments.partition(',')[2].strip() or '?'} regroup the samples"
+        found.append(("at", f"{short(layer.source)}   {line}"))
+    return found
+
+
+def _cause(layer: Layer, batch: int) -> str:
+    x = layer.inputs[0].shape
+    rows = layer.arguments.partition(",")[2].strip() or "?"
+    return (
+        f"-1 stands for whatever is left, not the batch: {batch} samples of "
+        f"{'*'.join(map(str, x[1:]))} = {math.prod(x[1:])} values each, so rows of "
+        f"{rows} regroup the samples"
     )
-    return lines
 
 
+@failure_rule("view-batch")
 def view_batch(ctx: Context) -> list[Finding]:
     """A failure (here or downstream) after a reshape that did not keep the batch size."""
     batch = _batch(ctx)
@@ -76,13 +70,18 @@ def view_batch(ctx: Context) -> list[Finding]:
     for layer in batch_changing_views(ctx):
         if layer.source is None:
             continue
-        body = _body(ctx, layer, batch)
-        body.insert(len(body) - 1, pytorch_line(ctx.failure))
+        owner = ctx.layers[layer.parent or 0]
+        head = (
+            f"call '{layer.type}({layer.arguments})' in '{owner.path}' ({owner.type}) "
+            f"{'cannot keep' if layer.failed else 'changed'} the batch dimension"
+        )
         fix = RewriteCall(
             summary="flatten per sample instead of guessing the batch with -1",
             code=f"x = x.flatten(1)   # or x.view(x.size(0), -1), for {layer.summary}",
-            source=layer.source, name=layer.type, replacement=_flatten_per_sample,
-        )  # fmt: skip
-        findings.append(Finding("view-batch", ctx.layers[layer.parent or 0].path, "\n".join(body),
-                                fix, 0.9))  # fmt: skip
+            source=layer.source,
+            name=layer.type,
+            rewrite=CallRewrite.FLATTEN_PER_SAMPLE,
+        )
+        evidence = (*_evidence(layer, batch), pytorch(ctx.failure))
+        findings.append(Finding(owner.path, head, evidence, _cause(layer, batch), fix, score=0.9))
     return findings

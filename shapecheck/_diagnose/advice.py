@@ -7,10 +7,11 @@ from collections import Counter
 
 from torch import nn
 
-from .._fixes import Fix
+from .._changes import Fix
 from .._loss import LOSS_PATH
 from .._text import count, shape
 from ._context import Context, Finding
+from ._registry import warning_rule
 from .loss import is_cross_entropy, loss_row
 from .view import batch_changing_views
 
@@ -23,26 +24,25 @@ __all__ = [
 ]
 
 
+@warning_rule("view-batch")
 def view_batch_warning(ctx: Context) -> list[Finding]:
     """A ``view(-1, …)`` that ran but changed the number of samples."""
     findings = []
     for layer in batch_changing_views(ctx):
         x, y = layer.inputs[0].shape, layer.outputs[0].shape
         owner = ctx.layers[layer.parent].path if layer.parent is not None else ""
-        body = "\n".join(
-            [
-                f"call '{layer.type}({layer.arguments})' in '{owner}' changed the batch: "
-                f"{x[0]} samples in, {y[0]} rows out",
-                f"  got       {shape(x)}",
-                f"  made      {shape(y)}",
-                f"cause: -1 absorbs whatever is left: {x[0]} samples of "
-                f"{'*'.join(map(str, x[1:]))} values regrouped into rows of {y[-1]}",
-            ]
+        head = (
+            f"call '{layer.type}({layer.arguments})' in '{owner}' changed the batch: "
+            f"{x[0]} samples in, {y[0]} rows out"
+        )
+        cause = (
+            f"-1 absorbs whatever is left: {x[0]} samples of {'*'.join(map(str, x[1:]))} "
+            f"values regrouped into rows of {y[-1]}"
         )
         fix = Fix(
             summary="flatten per sample", code="x = x.flatten(1)   # or x.view(x.size(0), -1)"
         )
-        findings.append(Finding("view-batch", owner, body, fix, 1.0))
+        findings.append(Finding(owner, head, (("got", shape(x)), ("made", shape(y))), cause, fix))
     return findings
 
 
@@ -63,6 +63,7 @@ def _under(path: str, shared: set[str]) -> bool:
     return any(".".join(parts[:i]) in shared for i in range(1, len(parts)))
 
 
+@warning_rule("reused-module")
 def reused_module(ctx: Context) -> list[Finding]:
     """One instance registered under several names: its weights are shared N times."""
     places = _places(ctx.model)
@@ -73,27 +74,34 @@ def reused_module(ctx: Context) -> list[Finding]:
         if all(_under(p, shared) for p in paths):
             continue  # inside a reused block: reported with the block
         own, n, name = _own(module), len(paths), type(module).__name__
-        body = "\n".join(
-            [
-                f"module '{paths[0]}' ({name}) is one instance used at {n} places",
-                f"  at        {', '.join(repr(p) for p in paths[:6])}",
-                f"  params    {count(own)} unique; {count(own * n)} if each place had its own copy",
-                f"cause: [{name}()] * {n} (or one variable assigned twice) repeats the same "
-                "object, "
-                "so all places train one set of weights",
-            ]
+        evidence = (
+            ("at", ", ".join(repr(p) for p in paths[:6])),
+            ("params", f"{count(own)} unique; {count(own * n)} if each place had its own copy"),
+        )
+        cause = (
+            f"[{name}()] * {n} (or one variable assigned twice) repeats the same object, "
+            "so all places train one set of weights"
         )
         fix = Fix(
             summary="build a new instance for each place",
             code=f"nn.Sequential(*[{name}(...) for _ in range({n})])",
         )
-        findings.append(Finding("reused-module", paths[0], body, fix, 1.0))
+        findings.append(
+            Finding(
+                paths[0],
+                f"module '{paths[0]}' ({name}) is one instance used at {n} places",
+                evidence,
+                cause,
+                fix,
+            )
+        )
     return findings
 
 
+@warning_rule("unused-module")
 def unused_module(ctx: Context) -> list[Finding]:
     """The top-most submodules with parameters that never ran, nor any module inside them."""
-    called = {id(m) for m in ctx.trace.module_at.values()}
+    called = {id(m) for m in ctx.module_at.values()}
     dead = {id(m) for m in ctx.model.modules() if not any(id(x) in called for x in m.modules())}
     findings = []
     for path, module in ctx.model.named_modules():
@@ -105,15 +113,17 @@ def unused_module(ctx: Context) -> list[Finding]:
         params = _own(module)
         if params == 0:
             continue
-        body = "\n".join(
-            [
-                f"module '{path}' ({type(module).__name__}) never ran in the forward",
-                f"  params    {count(params)} that get no gradient and only take memory",
-                "cause: it is built in __init__ but forward() never calls it",
-            ]
-        )
+        evidence = (("params", f"{count(params)} that get no gradient and only take memory"),)
         fix = Fix(summary="call it in forward(), or delete it", code=f"del model.{path}")
-        findings.append(Finding("unused-module", path, body, fix, 1.0))
+        findings.append(
+            Finding(
+                path,
+                f"module '{path}' ({type(module).__name__}) never ran in the forward",
+                evidence,
+                "it is built in __init__ but forward() never calls it",
+                fix,
+            )
+        )
     return findings
 
 
@@ -127,6 +137,7 @@ def _uses_children_directly(module: nn.Module) -> bool:
 _SOFTMAX = ("Softmax", "LogSoftmax", "softmax", "log_softmax")
 
 
+@warning_rule("softmax-before-loss")
 def softmax_before_loss(ctx: Context) -> list[Finding]:
     """Probabilities (softmax output) fed to CrossEntropyLoss, which applies log_softmax itself."""
     row = loss_row(ctx)
@@ -147,21 +158,26 @@ def softmax_before_loss(ctx: Context) -> list[Finding]:
     )
     if last is None or last.type not in _SOFTMAX:
         return []
-    body = "\n".join(
-        [
-            f"'{last.path}' ({last.type}) feeds its output straight to {row.type}",
-            f"  got       {shape(out)}   probabilities, not logits",
-            f"cause: {row.type} applies log_softmax itself; a {last.type} before it squashes the "
-            "logits twice and the gradients almost vanish",
-        ]
+    cause = (
+        f"{row.type} applies log_softmax itself; a {last.type} before it squashes the "
+        "logits twice and the gradients almost vanish"
     )
     fix = Fix(
         summary=f"return the logits (drop the {last.type})",
         code="return logits   # no softmax before CrossEntropyLoss",
     )
-    return [Finding("softmax-before-loss", last.path, body, fix, 1.0)]
+    return [
+        Finding(
+            last.path,
+            f"'{last.path}' ({last.type}) feeds its output straight to {row.type}",
+            (("got", f"{shape(out)}   probabilities, not logits"),),
+            cause,
+            fix,
+        )
+    ]
 
 
+@warning_rule("batchnorm-batch1")
 def batchnorm_batch1(ctx: Context) -> list[Finding]:
     """BatchNorm in training mode on a batch of one sample: its statistics are of one image."""
     findings = []
@@ -173,17 +189,17 @@ def batchnorm_batch1(ctx: Context) -> list[Finding]:
         if not module.training or layer.inputs[0].shape[:1] != (1,) or seen[id(module)]:
             continue
         seen[id(module)] += 1
-        body = "\n".join(
-            [
-                f"layer '{layer.path}' ({layer.summary}) normalises a batch of 1 in training mode",
-                f"  got       {shape(layer.inputs[0].shape)}",
-                "cause: batch statistics from a single sample are noisy "
-                "and its running stats drift",
-            ]
-        )
         fix = Fix(
             summary="train with batches of ≥ 2 samples, or call model.eval() for inference",
             code="model.eval()   # or DataLoader(..., drop_last=True)",
         )
-        findings.append(Finding("batchnorm-batch1", layer.path, body, fix, 1.0))
+        findings.append(
+            Finding(
+                layer.path,
+                f"layer '{layer.path}' ({layer.summary}) normalises a batch of 1 in training mode",
+                (("got", shape(layer.inputs[0].shape)),),
+                "batch statistics from a single sample are noisy and its running stats drift",
+                fix,
+            )
+        )
     return findings[:1]
