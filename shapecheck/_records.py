@@ -157,7 +157,9 @@ class Outcome:
     ``by`` says how: ``"real run"`` (real tensors, real kernels) or ``"dry run"`` (fake
     tensors: shapes only; dtype and kernel checks that only real kernels make are not seen).
     ``keeps_batch`` compares the output's leading dim with the samples fed in (an unbatched
-    input counts as one); None when that cannot be told (no tensor input or output).
+    input counts as one); None when that cannot be told (no tensor input or output). A real
+    check of a batch too large to run whole runs its first sample (``real_samples``); the
+    shapes are then the dry run's.
     When the model still fails, ``failed_*`` say where and ``same`` whether it is the failure
     the fix was for (no progress).
     """
@@ -167,6 +169,8 @@ class Outcome:
     output_shapes: tuple[Shape, ...] = ()
     samples: int | None = None
     keeps_batch: bool | None = None
+    #: a real run on fewer samples than fed (1: the batch was too large to run whole)
+    real_samples: int | None = None
     failed_path: str | None = None
     failed_type: str | None = None
     failed_call: int = 0

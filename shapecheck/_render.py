@@ -181,6 +181,8 @@ def _ran(outcome: Outcome) -> str:
             f"with the input's batch of {outcome.samples}: samples are no longer kept apart"
         )
     how = "by a real run" if outcome.by == "real run" else "by a dry run, shapes only"
+    if outcome.real_samples:
+        how += f" of {outcome.real_samples} sample"
     return f"verified {how}: the model then runs, output {output}"
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ._apply import fingerprint
 from ._changes import Fix, FixKind
@@ -262,35 +263,60 @@ def _dtype_clash(trace: Trace) -> tuple[str, str, str] | None:
 
 
 def _confirm(repair: Repair, trace: Trace, plans: Found) -> Found:
-    """Dry-verified plans, best first, re-run for real until one holds (when affordable)."""
-    if (
-        not real_possible(repair.base.model, repair.device)
-        or activation_bytes(trace) > REAL_RUN_BYTES
-    ):
+    """Dry-verified plans, best first, re-run for real until one holds, when affordable: on
+    the whole batch, or on its first sample when only that fits :data:`REAL_RUN_BYTES`."""
+    samples = _real_samples(repair, trace)
+    if samples is None:
         return plans
     confirmed = list(plans)
     for plan in rank([plan for _, plan in plans]):
         last = plan[-1].outcome
         if last is None or not last.runs or repair.spent:
             break
-        with planned(repair.base, tuple(s.change for s in plan)) as view:
-            real = _rerun(repair, view, real=True)
-            outcome = (
-                _ran(real, view, "real run")
-                if real.ok
-                else Outcome(
-                    False,
-                    "real run",
-                    failed_path=real.failure.path if real.failure else None,
-                    failed_type=real.failure.type if real.failure else None,
-                    message=real.failure.message if real.failure else "",
-                )
-            )
+        outcome = _real_outcome(repair, plan, last, samples)
         at = next(i for i, (_, p) in enumerate(confirmed) if p is plan)
         confirmed[at] = (confirmed[at][0], (*plan[:-1], replace(plan[-1], outcome=outcome)))
         if outcome.runs:
             break
     return confirmed
+
+
+def _real_samples(repair: Repair, trace: Trace) -> int | None:
+    """How many samples a real check can afford: all of them (0), one (1), or none (None)."""
+    if not real_possible(repair.base.model, repair.device):
+        return None
+    size = activation_bytes(trace)
+    if size <= REAL_RUN_BYTES:
+        return 0
+    batch = _samples(repair.base)
+    return 1 if batch is not None and batch > 1 and size // batch <= REAL_RUN_BYTES else None
+
+
+def _first_sample(view: View, batch: int) -> View:
+    """``view`` on the first sample: every tensor input whose leading dim is the batch."""
+
+    def first(value: Any) -> Any:
+        return value[:1] if isinstance(value, torch.Tensor) and value.dim() and \
+            value.shape[0] == batch else value  # fmt: skip
+
+    args, kwargs = tree_map(first, (view.args, view.kwargs))
+    return replace(view, args=args, kwargs=kwargs)
+
+
+def _real_outcome(repair: Repair, plan: Plan, dry: Outcome, samples: int) -> Outcome:
+    """The plan re-run for real (on ``samples`` of the batch, 0 for all of it)."""
+    with planned(repair.base, tuple(s.change for s in plan)) as view:
+        batch = _samples(view)
+        one = samples == 1 and batch is not None
+        real = _rerun(repair, _first_sample(view, batch) if one and batch else view, real=True)
+        if real.ok and one:  # the shapes of the whole batch are the dry run's
+            return replace(dry, by="real run", real_samples=1)
+        if real.ok:
+            return _ran(real, view, "real run")
+    failed = real.failure
+    assert failed is not None
+    return Outcome(False, "real run", failed_path=failed.path, failed_type=failed.type,
+                   failed_inputs=tuple(failed.input_shapes), message=failed.message)  # fmt: skip
 
 
 def warn(
