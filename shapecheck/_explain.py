@@ -73,7 +73,7 @@ def explain(
         >>> report.ok, report.failure.path, report.diagnoses[0].rule
         (False, '6', 'missing-flatten')
     """
-    model = unwrapped(require_module(model))
+    model = _eager(unwrapped(require_module(model)))
     loss = loss_module(loss_fn)
     where = parse_device(device)
     _check_depth(depth)
@@ -119,6 +119,18 @@ def _inputs(
     args = make_inputs(inputs, input_size, dtypes, place, shapes_only=dry_run)
     values = make_inputs(tuple(forward_kwargs.values()), None, None, place, arguments=True)
     return args, dict(zip(forward_kwargs, values, strict=True))
+
+
+def _eager(model: nn.Module) -> nn.Module:
+    """``model`` itself: an eager module. TorchScript runs without Python hooks, so a scripted
+    or traced model cannot be explained; its eager original can."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UsageError(
+            f"this {type(model).__name__} is a TorchScript module (torch.jit.script or "
+            "torch.jit.trace), which runs without the Python hooks explain() needs; pass the "
+            "nn.Module it was made from."
+        )
+    return model
 
 
 def _check_depth(depth: object) -> None:

@@ -17,11 +17,6 @@ __all__ = ["batch_changing_views", "view_batch"]
 _RESHAPES = frozenset({"view", "reshape"})
 
 
-def _batch(ctx: Context) -> int | None:
-    inputs = ctx.inputs
-    return inputs[0].shape[0] if inputs and inputs[0].shape else None
-
-
 def _is_batch_view(layer: Layer, batch: int) -> bool:
     if layer.kind != "function" or layer.type not in _RESHAPES or not layer.inputs:
         return False
@@ -32,7 +27,7 @@ def _is_batch_view(layer: Layer, batch: int) -> bool:
 
 def batch_changing_views(ctx: Context) -> list[Layer]:
     """Every recorded ``view(-1, ...)``/``reshape(-1, ...)`` that did not keep the batch size."""
-    batch = _batch(ctx)
+    batch = ctx.batch
     if batch is None:
         return []
     return [layer for layer in ctx.layers if _is_batch_view(layer, batch)]
@@ -62,13 +57,17 @@ def _cause(layer: Layer, batch: int) -> str:
 
 @failure_rule("view-batch")
 def view_batch(ctx: Context) -> list[Finding]:
-    """A failure (here or downstream) after a reshape that did not keep the batch size."""
-    batch = _batch(ctx)
+    """A failure (here or downstream) after a reshape that did not keep the batch size, while
+    the batch is still lost where the forward failed (a (batch·seq) flatten that was undone
+    before it is not the cause)."""
+    batch = ctx.batch
+    failed = ctx.failed_layer()
     if ctx.failure is None or batch is None:
         return []
+    lost = failed is None or not failed.inputs or failed.inputs[0].shape[:1] != (batch,)
     findings = []
     for layer in batch_changing_views(ctx):
-        if layer.source is None:
+        if layer.source is None or not (layer.failed or lost):
             continue
         owner = ctx.layers[layer.parent or 0]
         head = (
