@@ -26,6 +26,7 @@ from shapecheck._flops import FlopCounter, lower_bound_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchzoo as zoo
+import flops_check
 
 Factory = Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]
 
@@ -354,6 +355,18 @@ def test_plain_products_the_registry_lacks_equal_the_hand_count(op: str) -> None
     counter, seen = _count(run)
     assert op in seen
     assert (counter.total, counter.uncounted) == (hand, {})
+
+
+# -- the benchmark models -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(flops_check.SMALL))
+def test_benchmark_models_equal_their_hand_counts_real_dry_and_meta(name: str) -> None:
+    model, inputs, hand = flops_check.SMALL[name]()  # in eval mode, or train where named
+    with torch.no_grad(), FlopCounter() as counter:
+        model(*inputs)
+    assert (counter.total, counter.uncounted) == (hand, {})
+    assert _explained(model, *inputs) == hand
+    assert _explained(model, *inputs, dry_run=True) == hand
+    assert _explained(model, *inputs, dry_run=True, device="meta") == hand
 
 
 # -- what is not counted --------------------------------------------------------------------------
