@@ -1,16 +1,21 @@
-"""Forward FLOPs counted at the dispatch level with PyTorch's own formulas.
+"""Forward FLOPs counted at the dispatch level: PyTorch's own formulas, and shapecheck's for
+the kernels PyTorch's registry has none for (:mod:`shapecheck._flop_formulas`).
 
 :class:`FlopCounter` is a ``TorchDispatchMode`` that keeps ONE running total. The tracer reads
 it when a call starts and when it ends, so a layer's FLOPs (its children included) are a
 subtraction: O(1) per call whatever the model's size. The per-op logic mirrors
 ``torch.utils.flop_counter.FlopCounterMode`` (same registry, same metadata skips, same
-decomposition of ops without a formula), so totals equal it exactly; only the per-module
-bookkeeping of that class (a ``ModuleTracker`` and a dict update per op and parent) is left out.
+decomposition of ops without a formula), so wherever that class counts an op the two agree;
+only the per-module bookkeeping of that class (a ``ModuleTracker`` and a dict update per op
+and parent) is left out. An op of a counted family (products, convolutions, attention,
+recurrent layers) that still has no formula is named in ``uncounted``: the total is then a
+lower bound, which :func:`lower_bound_text` says.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -18,8 +23,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from ._compat import aten_ops
+from ._flop_formulas import FORMULAS, does_work, op_name
 
-__all__ = ["FlopCounter"]
+__all__ = ["FlopCounter", "lower_bound_text"]
 
 # Metadata queries FlopCounterMode hands back untouched (nested tensors answer them in Python);
 # sym_is_contiguous exists from torch 2.9 only.
@@ -34,18 +40,23 @@ _METADATA = aten_ops(
 class FlopCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
     """A running total of FLOPs of every aten op run while the mode is active.
 
+    ``uncounted`` maps each op that does work but has no formula to its number of calls.
+
     Example:
         >>> import torch
         >>> with FlopCounter() as counter:
         ...     _ = torch.randn(4, 8) @ torch.randn(8, 2)
-        >>> counter.total
-        128
+        >>> counter.total, counter.uncounted
+        (128, {})
     """
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.total = 0
-        self.formulas: dict[Any, Callable[..., int]] = dict(flop_registry)
+        self.uncounted: dict[str, int] = {}
+        # torch's formula wins where both have one: totals equal FlopCounterMode's wherever
+        # it counts an op, and ours only fill its gaps
+        self.formulas: dict[Any, Callable[..., int]] = {**FORMULAS, **flop_registry}
 
     def __torch_dispatch__(
         self,
@@ -65,7 +76,41 @@ class FlopCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
             if result is not NotImplemented:
                 return result
         out = func(*args, **kwargs)
-        formula = self.formulas.get(func._overloadpacket)
+        packet = func._overloadpacket
+        formula = self.formulas.get(packet)
         if formula is not None:
             self.total += int(formula(*args, **kwargs, out_val=out))
+        else:
+            name = _work_name(packet)
+            if name is not None:
+                self.uncounted[name] = self.uncounted.get(name, 0) + 1
         return out
+
+
+@functools.cache
+def _work_name(packet: Any) -> str | None:
+    """The op's name if it does work by the convention (an uncounted one then), else None."""
+    name = op_name(packet)
+    return name if does_work(name) else None
+
+
+_SI = (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3))
+
+
+def lower_bound_text(total: int, uncounted: Mapping[str, int]) -> str:
+    """The total FLOPs as text; with ops left uncounted, a lower bound that names them.
+
+    Example:
+        >>> lower_bound_text(10_485_760, {"mkldnn_rnn_layer": 2})
+        '≥ 10.5 MFLOPs; not counted: mkldnn_rnn_layer (2 calls)'
+        >>> lower_bound_text(950, {})
+        '950 FLOPs'
+    """
+    scaled = next((f"{total / s:.3g} {unit}" for unit, s in _SI if total >= s), f"{total} ")
+    if not uncounted:
+        return f"{scaled}FLOPs"
+    ops = ", ".join(
+        f"{name} ({calls} call{'' if calls == 1 else 's'})"
+        for name, calls in sorted(uncounted.items())
+    )
+    return f"≥ {scaled}FLOPs; not counted: {ops}"
