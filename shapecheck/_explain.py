@@ -58,7 +58,10 @@ def explain(
         loss_fn: a loss module or function ``(output, target)``, traced after the forward under
             the path ``"loss"``; its failures are diagnosed too.
         target: the target passed to ``loss_fn``.
-        flops: count forward FLOPs per layer (torch's FlopCounterMode formulas).
+        flops: count forward FLOPs per layer: torch's FlopCounterMode formulas, and
+            shapecheck's own for what they miss (CPU attention kernels, fused encoder layers,
+            recurrent kernels, grouped matmuls). Ops that do work without a formula are listed
+            in ``report.flops_uncounted``, and the total is then shown as a lower bound.
         optimizer: ``"sgd"``, ``"sgd-momentum"``, ``"adam"`` or ``"adamw"``: run with
             autograd on and estimate one training step's memory (``report.training_memory``).
         **forward_kwargs: keyword arguments for the model's forward.
@@ -95,6 +98,7 @@ def explain(
         param_bytes_by_dtype=totals.bytes_by_dtype, buffer_count=totals.buffer_count,
         buffer_bytes=totals.buffer_bytes, dry_run=trace.dry_run, depth=depth,
         total_flops=None if trace.flops is None else trace.flops.total,
+        flops_uncounted=None if trace.flops is None else dict(trace.flops.uncounted),
         training_memory=None if trace.saved is None or optimizer is None
         else training_memory(traced, trace.saved, optimizer),
         fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=repair.runs,

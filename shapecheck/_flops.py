@@ -15,7 +15,7 @@ lower bound, which :func:`lower_bound_text` says.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from torch.utils.flop_counter import flop_registry
 from ._compat import aten_ops
 from ._flop_formulas import FORMULAS, does_work, op_name
 
-__all__ = ["FlopCounter", "lower_bound_text"]
+__all__ = ["FlopCounter"]
 
 # Metadata queries FlopCounterMode hands back untouched (nested tensors answer them in Python);
 # sym_is_contiguous exists from torch 2.9 only.
@@ -54,6 +54,7 @@ class FlopCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
         super().__init__()  # type: ignore[no-untyped-call]
         self.total = 0
         self.uncounted: dict[str, int] = {}
+        self.uncounted_calls = 0  # a running count, read per call like ``total``
         # torch's formula wins where both have one: totals equal FlopCounterMode's wherever
         # it counts an op, and ours only fill its gaps
         self.formulas: dict[Any, Callable[..., int]] = {**FORMULAS, **flop_registry}
@@ -84,6 +85,7 @@ class FlopCounter(TorchDispatchMode):  # type: ignore[no-untyped-call]
             name = _work_name(packet)
             if name is not None:
                 self.uncounted[name] = self.uncounted.get(name, 0) + 1
+                self.uncounted_calls += 1
         return out
 
 
@@ -92,25 +94,3 @@ def _work_name(packet: Any) -> str | None:
     """The op's name if it does work by the convention (an uncounted one then), else None."""
     name = op_name(packet)
     return name if does_work(name) else None
-
-
-_SI = (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3))
-
-
-def lower_bound_text(total: int, uncounted: Mapping[str, int]) -> str:
-    """The total FLOPs as text; with ops left uncounted, a lower bound that names them.
-
-    Example:
-        >>> lower_bound_text(10_485_760, {"mkldnn_rnn_layer": 2})
-        '≥ 10.5 MFLOPs; not counted: mkldnn_rnn_layer (2 calls)'
-        >>> lower_bound_text(950, {})
-        '950 FLOPs'
-    """
-    scaled = next((f"{total / s:.3g} {unit}" for unit, s in _SI if total >= s), f"{total} ")
-    if not uncounted:
-        return f"{scaled}FLOPs"
-    ops = ", ".join(
-        f"{name} ({calls} call{'' if calls == 1 else 's'})"
-        for name, calls in sorted(uncounted.items())
-    )
-    return f"≥ {scaled}FLOPs; not counted: {ops}"

@@ -90,6 +90,8 @@ class Row:
     failed: bool = False
     flops_start: int | None = None
     flops: int | None = None
+    uncounted_start: int = 0
+    flops_uncounted: int = 0
 
 
 class Recorder:
@@ -133,6 +135,7 @@ class Recorder:
     def _flops_end(self, row: Row) -> None:
         if self.counter is not None and row.flops_start is not None:
             row.flops = self.counter.total - row.flops_start
+            row.flops_uncounted = self.counter.uncounted_calls - row.uncounted_start
 
     def _key(self, tensor: torch.Tensor) -> int:
         known = self._keys.get(id(tensor))
@@ -255,6 +258,7 @@ class Recorder:
             inputs=self.infos((args, kwargs)), params=params, trainable=trainable,
             summary=describe_module(module), parent=parent.row if parent else None,
             flops_start=self._flops_now(),
+            uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         ))  # fmt: skip
         self.module_at[row] = module
         records = not type(module).__module__.startswith("torch.")
@@ -313,6 +317,7 @@ class Recorder:
             inputs=given, params=0, trainable=0,
             summary=f"{name}({arguments})", parent=frame.row, source=source, arguments=arguments,
             flops_start=self._flops_now(),
+            uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         )  # fmt: skip
         try:
             result = rewrite(args, kwargs) if rewrite else func(*args, **kwargs)

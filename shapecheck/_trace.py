@@ -318,7 +318,7 @@ def _finish(
         Layer(index=i, path=r.path, kind=r.kind, type=r.type, depth=r.depth,  # type: ignore[arg-type]
               inputs=r.inputs, outputs=r.outputs, params=r.params, trainable=r.trainable,
               summary=r.summary, parent=r.parent, failed=r.failed, source=r.source,
-              arguments=r.arguments, flops=r.flops)
+              arguments=r.arguments, flops=r.flops, flops_uncounted=r.flops_uncounted)
         for i, r in enumerate(recorder.rows)
     ]  # fmt: skip
     failure = None if error is None else _failure(model, recorder, layers, inputs, error)

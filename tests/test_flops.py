@@ -22,7 +22,8 @@ import shapecheck
 from shapecheck import _flop_formulas, _flops
 from shapecheck._compat import aten_ops
 from shapecheck._flop_formulas import FORMULAS, does_work
-from shapecheck._flops import FlopCounter, lower_bound_text
+from shapecheck._flops import FlopCounter
+from shapecheck._render import flops_text as lower_bound_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchzoo as zoo
@@ -386,6 +387,33 @@ def test_an_op_that_does_work_without_a_formula_is_listed_as_uncounted() -> None
     text = lower_bound_text(counter.total, counter.uncounted)
     assert text.startswith("≥ ")
     assert "_trilinear (1 call), shapecheck_test::fused_matmul (2 calls)" in text
+
+
+class _WithBilinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.bilinear = nn.Linear(3, 4), nn.Bilinear(4, 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        out: torch.Tensor = self.bilinear(h, h)
+        return out
+
+
+def test_a_report_with_uncounted_work_shows_its_total_as_a_lower_bound() -> None:
+    report = shapecheck.explain(_WithBilinear(), torch.randn(2, 3), flops=True)
+    assert report.total_flops == 2 * 2 * 3 * 4  # the Linear alone
+    assert report.flops_uncounted == {"_trilinear": 1}
+    assert report.layer("bilinear").flops_uncounted == 1
+    assert report.layer("fc").flops_uncounted == 0
+    text = str(report)
+    assert "flops      ≥ 48 FLOPs; not counted: _trilinear (1 call)" in text
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("bilinear"))
+    assert "≥0" in row.split()  # the row's own figure is a floor too
+    assert report.to_dict()["flops_uncounted"] == {"_trilinear": 1}
+    exact = shapecheck.explain(nn.Linear(3, 4), torch.randn(2, 3), flops=True)
+    assert exact.flops_uncounted == {}
+    assert "flops      48 forward" in str(exact)
 
 
 def test_the_work_rule_reads_the_words_of_the_op_name() -> None:
