@@ -294,14 +294,19 @@ def _run_once(
 
 def _eager() -> AbstractContextManager[Any]:
     """Compiled submodules run eagerly while traced: hooks and fake tensors see every layer,
-    and nothing is compiled just to be explained (``set_stance`` exists from torch 2.6).
+    and nothing is compiled just to be explained (``set_stance("force_eager")`` from torch
+    2.6; before it, dynamo's ``disable`` setting, which compiles no frame while it is set).
 
-    Without torch._dynamo imported nothing can be compiled, and entering the stance would
+    Without torch._dynamo imported nothing can be compiled, and entering either would
     import it (about 75 MiB and a slow first call), so then there is nothing to do.
     """
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    if set_stance is None or "torch._dynamo" not in sys.modules:
+    if "torch._dynamo" not in sys.modules:
         return nullcontext()
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        patched: AbstractContextManager[Any] = sys.modules["torch._dynamo"].config.patch(
+            disable=True)  # fmt: skip
+        return patched
     stance: AbstractContextManager[Any] = set_stance("force_eager")
     return stance
 
