@@ -28,8 +28,8 @@ from ._source import caller_source
 
 __all__ = ["FunctionMode", "Recorder", "Rewrite", "Row", "function_name", "hooks", "owned_counts"]
 
-#: Replaces one functional call during a re-run: (args, kwargs) -> result.
-Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+#: Replaces one functional call during a re-run: (the call, args, kwargs) -> result.
+Rewrite = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
 # Calls that read metadata or only move bytes: never rows in the table.
 _BOOKKEEPING = frozenset({
@@ -320,7 +320,7 @@ class Recorder:
             uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         )  # fmt: skip
         try:
-            result = rewrite(args, kwargs) if rewrite else func(*args, **kwargs)
+            result = rewrite(func, args, kwargs) if rewrite else func(*args, **kwargs)
         except Exception as error:
             row.failed = True
             self._flops_end(row)

@@ -73,6 +73,7 @@ def context(trace: Trace, view: View, loss: nn.Module | None = None) -> Context:
     return Context(
         trace.layers, trace.failure, trace.inputs, trace.module_at, view.model, trace.dry_run,
         trace.weights_on, loss, trace.batch, trace.outputs, trace.weights_read,
+        trace.output_batch,
     )  # fmt: skip
 
 

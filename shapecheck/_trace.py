@@ -75,6 +75,8 @@ class Trace:
     unconfirmed: bool = False
     #: samples in the model's first input: a tensor's leading dim, a list's length
     batch: int | None = None
+    #: the same of the model's output (None when it failed or holds no tensor)
+    output_batch: int | None = None
     #: ids of the model's weights that a functional call was given (``F.linear(x, self.w)``)
     weights_read: frozenset[int] = frozenset()
 
@@ -285,6 +287,7 @@ def _run_once(
     trace = _finish(model, recorder, model_inputs, output, error, dry_run)
     trace.flops, trace.saved = counter, saving
     trace.batch = _batch_of(args)
+    trace.output_batch = _batch_of((output,)) if error is None else None
     originals = dry.originals if dry is not None else {}
     trace.weights_read = frozenset(originals.get(key, key) for key in recorder.read)
     if dry is not None and dry.target is not None:

@@ -62,6 +62,8 @@ class Context:
     outputs: tuple[TensorInfo, ...] = ()
     #: ids of weights that functional calls were given directly (``F.linear(x, self.w)``)
     weights_read: frozenset[int] = frozenset()
+    #: samples in the model's output, counted as for the input (a list: its length)
+    output_batch: int | None = None
 
     def failed_layer(self) -> Layer | None:
         failure = self.failure

@@ -13,6 +13,7 @@ from .._loss import LOSS_PATH
 from .._text import count, shape
 from ._context import Context, Finding
 from ._registry import warning_rule
+from ._words import caller
 from .loss import is_cross_entropy, loss_row
 from .view import batch_changing_views
 
@@ -31,14 +32,14 @@ def view_batch_warning(ctx: Context) -> list[Finding]:
     the batch too. A (batch·seq) or window flatten that is undone later (GPT-2's Conv1D, Swin's
     window partition) keeps the batch at the output and is fine."""
     out = ctx.outputs[0].shape if ctx.outputs else ()
-    if ctx.batch is None or not out or out[0] == ctx.batch:
-        return []
+    if ctx.batch is None or not out or ctx.batch in (out[0], ctx.output_batch):
+        return []  # one row per sample, or one output per sample (a list of them)
     findings = []
     for layer in batch_changing_views(ctx):
         x, y = layer.inputs[0].shape, layer.outputs[0].shape
         owner = ctx.layers[layer.parent].path if layer.parent is not None else ""
         head = (
-            f"call '{layer.type}({layer.arguments})' in '{owner}' changed the batch: "
+            f"call '{layer.type}({layer.arguments})' in {caller(ctx, layer)} changed the batch: "
             f"{x[0]} samples in, {y[0]} rows out"
         )
         cause = (

@@ -10,7 +10,7 @@ from .._source import code_line
 from .._text import shape, short
 from ._context import Context, Finding
 from ._registry import failure_rule
-from ._words import pytorch
+from ._words import caller, pytorch
 
 __all__ = ["batch_changing_views", "view_batch"]
 
@@ -71,7 +71,7 @@ def view_batch(ctx: Context) -> list[Finding]:
             continue
         owner = ctx.layers[layer.parent or 0]
         head = (
-            f"call '{layer.type}({layer.arguments})' in '{owner.path}' ({owner.type}) "
+            f"call '{layer.type}({layer.arguments})' in {caller(ctx, layer)} "
             f"{'cannot keep' if layer.failed else 'changed'} the batch dimension"
         )
         fix = RewriteCall(
