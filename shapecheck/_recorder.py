@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,11 +20,13 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 
 from ._describe import describe_arguments, describe_module
-from ._flops import FlopCounter
 from ._inputs import tensors_in
 from ._paths import ModuleFrame, PathIndex
 from ._records import TensorInfo
 from ._source import caller_source
+
+if TYPE_CHECKING:
+    from ._flops import FlopCounter
 
 __all__ = ["FunctionMode", "Recorder", "Rewrite", "Row", "function_name", "hooks", "owned_counts"]
 
@@ -46,6 +48,21 @@ _IN_PLACE_OPERATORS = frozenset({
     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__",
     "__setitem__",
 })  # fmt: skip
+
+
+#: dtype -> its name as the records write it ("float32"), filled on first sight
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+def _ours() -> AbstractContextManager[None]:
+    """Torch-function dispatch off: shapecheck's own tensor reads skip its function mode."""
+    off: AbstractContextManager[None] = torch._C.DisableTorchFunction()
+    return off
 
 
 def writes_in_place(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> bool:
@@ -114,7 +131,6 @@ class Recorder:
         self.events: list[tuple[BaseException, int]] = []
         self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
         self.read: set[int] = set()  # ids of the tensors functional calls were given
-        self.busy = False
         self.counter: FlopCounter | None = None
         # provenance: id(tensor) -> (weak reference, key); key -> the row that made it, or
         # the model's positional argument it is. A weak reference tells a live tensor from a
@@ -147,39 +163,33 @@ class Recorder:
         return key
 
     def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
-        """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins)."""
-        alias = self.device_alias
-        # Our own reads of .shape/.dtype pass through the function mode too; marking them busy
-        # keeps them from being recorded (a hot spot: ~10 such reads per module call).
-        busy, self.busy = self.busy, True
-        try:
-            found = []
-            for t in tensors_in(obj):
-                key = self._key(t)
-                if made_by is not None:
-                    self._made_by.setdefault(key, made_by)
-                found.append(TensorInfo(
-                    tuple(t.shape), str(t.dtype).removeprefix("torch."),
-                    alias.get(str(t.device), str(t.device)), t.requires_grad,
-                    key, self._made_by.get(key), self._position.get(key),
-                ))  # fmt: skip
-            return tuple(found)
-        finally:
-            self.busy = busy
+        """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins).
+
+        Our own reads of ``.shape``/``.dtype`` must not go through the function mode (a hot
+        spot: ~10 such reads per module call), so torch-function dispatch is off meanwhile.
+        """
+        with _ours():
+            return tuple(self._info(t, made_by) for t in tensors_in(obj))
+
+    def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
+        key = self._key(t)
+        if made_by is not None:
+            self._made_by.setdefault(key, made_by)
+        device = str(t.device)
+        return TensorInfo(tuple(t.shape), _DTYPE_NAMES.get(t.dtype) or _dtype_name(t.dtype),
+                          self.device_alias.get(device, device), t.requires_grad, key,
+                          self._made_by.get(key), self._position.get(key))  # fmt: skip
 
     def model_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[TensorInfo, ...]:
         """The model's inputs, each positional tensor argument remembered as such, and (on
         real tensors) their storages, so an in-place write into one can be undone."""
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             for position, arg in enumerate(args):
                 if isinstance(arg, torch.Tensor):
                     self._position.setdefault(self._key(arg), position)
             for t in tensors_in((args, kwargs)):
                 if not isinstance(t, FakeTensor) and not t.is_meta and t.layout == torch.strided:
                     self._input_storages.setdefault(_storage_key(t), t)
-        finally:
-            self.busy = busy
         return self.infos((args, kwargs))
 
     def _guard_input(self, func: Callable[..., Any], args: tuple[Any, ...],
@@ -188,43 +198,32 @@ class Recorder:
         target = kwargs.get("out", args[0] if args else None)
         if not isinstance(target, torch.Tensor) or not writes_in_place(func, kwargs):
             return
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             key = _storage_key(target)
             original = self._input_storages.get(key)
             if original is not None and key not in self._saved_inputs:
                 self._saved_inputs[key] = (original, original.detach().clone())
-        finally:
-            self.busy = busy
 
     def restore_inputs(self) -> None:
         """Put back every caller's input that the forward wrote into."""
-        busy, self.busy = self.busy, True
-        try:
-            with torch.no_grad():
-                for original, copy in self._saved_inputs.values():
-                    original.copy_(copy)
-        finally:
-            self.busy = busy
+        with _ours(), torch.no_grad():
+            for original, copy in self._saved_inputs.values():
+                original.copy_(copy)
 
     def _same_values(self, result: Any, source: Any) -> None:
         """``result`` of ``x.contiguous()`` or ``x.detach()`` stands for ``x``."""
         if not isinstance(result, torch.Tensor) or not isinstance(source, torch.Tensor):
             return
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             key, origin = self._key(result), self._key(source)
             if origin in self._made_by:
                 self._made_by.setdefault(key, self._made_by[origin])
             if origin in self._position:
                 self._position.setdefault(key, self._position[origin])
-        finally:
-            self.busy = busy
 
     def _remember_values(self, row: int, args: Any) -> None:
         """The id range of a failing call's first integer input, on real tensors only."""
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             ints = [
                 t
                 for t in tensors_in(args)
@@ -238,8 +237,6 @@ class Recorder:
                 and 0 < first.numel() <= 10**8
             ):
                 self.value_ranges[row] = (int(first.min()), int(first.max()))
-        finally:
-            self.busy = busy
 
     def _add(self, row: Row) -> int:
         self.rows.append(row)
@@ -247,8 +244,6 @@ class Recorder:
 
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.busy:
-            return
         parent = self.stack[-1] if self.stack else None
         owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
         params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
@@ -267,8 +262,6 @@ class Recorder:
     def post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        if self.busy:
-            return
         position = self._frame_of(module)
         if position is None:
             return
@@ -292,10 +285,10 @@ class Recorder:
 
     # -- functional ops -------------------------------------------------------------------------
     def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._input_storages and not self.busy:
+        if self._input_storages:
             self._guard_input(func, args, kwargs)
         frame = self.stack[-1] if self.stack else None
-        if self.busy or frame is None or not frame.records_functions:
+        if frame is None or not frame.records_functions:
             return func(*args, **kwargs)
         name = function_name(func)
         if name in _BOOKKEEPING:
