@@ -491,3 +491,23 @@ def test_explain_leaves_the_compiler_unimported_when_nothing_was_compiled():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, check=True)  # fmt: skip
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_dry_runs_of_an_unchanged_model_reuse_its_fake_weights() -> None:
+    """Converting weights to fakes is kept between dry runs of the same model, and redone for
+    a weight that changed (a new shape, or an in-place update bumps its version)."""
+    from shapecheck import _dry
+    from shapecheck.demo import seed_model_fixed
+
+    model = seed_model_fixed()
+    first = shapecheck.explain(model, input_size=(2, 3, 32, 32), dry_run=True)
+    kept = _dry._cached(model, None)
+    fakes = {key: fake for key, (_, _, fake) in kept.fakes.items()}
+    again = shapecheck.explain(model, input_size=(2, 3, 32, 32), dry_run=True)
+    assert [r.output_shapes for r in again.layers] == [r.output_shapes for r in first.layers]
+    assert {key: fake for key, (_, _, fake) in kept.fakes.items()} == fakes  # the same fakes
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # its version moves on
+    shapecheck.explain(model, input_size=(2, 3, 32, 32), dry_run=True)
+    assert kept.fakes[id(model[0].weight)][2] is not fakes[id(model[0].weight)]
+    assert kept.fakes[id(model[0].bias)][2] is fakes[id(model[0].bias)]
