@@ -50,7 +50,7 @@ SCHEMA = 1
 WIDTH = 100
 
 
-# -- records ------------------------------------------------------------------------------------------
+# -- records ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Verdict:
     """A yes or no with the reason; true in a boolean context when ``ok``."""
@@ -113,7 +113,7 @@ class ContractLayer:
         return self.outputs[0] if self.outputs else ()
 
 
-# -- the public entry point ---------------------------------------------------------------------------
+# -- the public entry point ------------------------------------------------------------------------
 def contract(
     model: nn.Module,
     spec: SpecLike | list[SpecLike],
@@ -173,7 +173,7 @@ def make(
     )  # fmt: skip
 
 
-# -- specs and examples -----------------------------------------------------------------------------------
+# -- specs and examples ----------------------------------------------------------------------------
 def _plans(
     spec: SpecLike | list[SpecLike], example: Any, dtype: Any, sizes: Mapping[str, int]
 ) -> tuple[list[sym.Plan], dict[str, int]]:
@@ -266,8 +266,10 @@ def _check_examples(bound: Mapping[str, int], plans: list[sym.Plan]) -> None:
     fixed = {d for p in plans for d in p.dims if isinstance(d, int)}
     for name, size in bound.items():
         if size < 2:
-            raise UsageError(f"the example gives {name}={size}: a symbol's example size must be "
-                             f">= 2 (torch fixes sizes 0 and 1); use an example with {name} >= 2.")  # fmt: skip
+            raise UsageError(
+                f"the example gives {name}={size}: a symbol's example size must be >= 2 "
+                f"(torch fixes sizes 0 and 1); use an example with {name} >= 2."
+            )
         if size in fixed:
             raise UsageError(
                 f"the example gives {name}={size}, the same as a fixed dim of the spec: pick "
@@ -290,7 +292,7 @@ def _batch_symbol(plans: list[sym.Plan], batch: str | None) -> str | None:
     return first if isinstance(first, str) else None
 
 
-# -- which trace covers which sizes ---------------------------------------------------------------------
+# -- which trace covers which sizes ----------------------------------------------------------------
 Outcome = Literal["ok", "raises", "off"]
 
 
@@ -451,7 +453,7 @@ def _values(
     return [tuple(sym.evaluate(f.code, sizes) for f in s if f.code) for s in shapes]
 
 
-# -- the contract ----------------------------------------------------------------------------------------------
+# -- the contract ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Contract:
     """What ``contract()`` found; ``str()`` shows every layer's output as a formula.
@@ -526,7 +528,7 @@ class Contract:
         """Whether every output has the batch symbol as a dim, and if not, which row lost it."""
         return _keeps_batch(self.piece, self.outputs, self.batch)
 
-    # -- asking -----------------------------------------------------------------------------------------
+    # -- asking ------------------------------------------------------------------------------------
     def accepts(self, **sizes: int) -> Verdict:
         """Whether the model runs at these sizes (symbols not given keep the example's size).
 
@@ -594,7 +596,7 @@ class Contract:
     def _names(self) -> str:
         return ", ".join(self.example)
 
-    # -- showing ------------------------------------------------------------------------------------------
+    # -- showing -----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the layers' formulas, the constraints, pins and the batch verdict."""
         keeps = self.keeps_batch
@@ -623,7 +625,7 @@ class Contract:
         return _render(self)
 
 
-# -- reading a piece -------------------------------------------------------------------------------------
+# -- reading a piece -------------------------------------------------------------------------------
 class _Folder:
     """Formulas as shown: a constant where every sampled size the trace covers gives one value."""
 
@@ -731,9 +733,10 @@ def _row_losing(piece: sym.Piece, batch: str) -> sym.Row | None:
     """The first row to finish whose input has the batch at dim 0 and whose output has not."""
     rows = sorted((r for r in piece.rows if r.end >= 0), key=lambda r: r.end)
     for row in rows:
-        if row.inputs and row.outputs and row.inputs[0] and row.outputs[0]:
-            if row.inputs[0][0].text == batch and row.outputs[0][0].text != batch:
-                return row
+        first_in = row.inputs[0] if row.inputs else ()
+        first_out = row.outputs[0] if row.outputs else ()
+        if first_in and first_out and first_in[0].text == batch and first_out[0].text != batch:
+            return row
     return None
 
 
@@ -778,11 +781,17 @@ def _needs(guard: sym.Guard, sizes: Mapping[str, int]) -> str:
     return f"{text}; here {here}" if here is not None else text
 
 
+def _owner(path: str, kind: str) -> str:
+    """``layer 'conv1' (Conv2d)``, or for the model's own code, ``the forward of Net``."""
+    if path:
+        return f"layer '{path}' ({kind})"
+    return f"the forward of {kind}" if kind else "the forward"
+
+
 def _place(guard: sym.Guard) -> str:
     """``layer '7' (Linear)``, or ``view in the forward of BookNet (zoo.py:178)``."""
     if guard.function:
-        owner = f"layer '{guard.layer}' ({guard.layer_type})" if guard.layer else (
-            f"the forward of {guard.layer_type}" if guard.layer_type else "the forward")  # fmt: skip
+        owner = _owner(guard.layer, guard.layer_type)
         at = f" ({short(guard.line)})" if guard.line else ""
         return f"{guard.function} in {owner}{at}"
     if guard.layer_type:
@@ -851,7 +860,7 @@ def _listing(values: list[int]) -> str:
     return f"{values[0]}, {values[1]}, ..., {values[-1]} ({len(values)} sizes)"
 
 
-# -- text -------------------------------------------------------------------------------------------------------
+# -- text ------------------------------------------------------------------------------------------
 def _render(c: Contract) -> str:
     rows = [_row_text(x) for x in c.layers]
     width = min(max([len(label) for label, _, _ in rows] + [20]) + 2, 48)
@@ -899,13 +908,12 @@ def _pin_lines(pins: Sequence[sym.Pin]) -> list[str]:
 
 def _pin_where(pin: sym.Pin) -> str:
     """``layer 'lstm' (LSTM)`` or ``the forward of Pinned at model.py:12 (w = int(x.shape[3]))``."""
-    owner = f"layer '{pin.layer}' ({pin.layer_type})" if pin.layer else (
-        f"the forward of {pin.layer_type}" if pin.layer_type else "the model")  # fmt: skip
+    owner = _owner(pin.layer, pin.layer_type)
     code = _code(pin.line)
     return owner + (f" at {short(pin.line)} ({code})" if code else "")
 
 
-# -- for the repair stage -----------------------------------------------------------------------------------
+# -- for the repair stage --------------------------------------------------------------------------
 def accepted_sizes_hint(model: nn.Module, args: Sequence[Any]) -> str | None:
     """One sentence on the input sizes a model accepts, for a message about an input that failed:
     ``"this model accepts H, W with (H//4)*(W//4) == 64, e.g. 32x32"``; None when it cannot say

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -48,7 +49,6 @@ from torch.fx.experimental.symbolic_shapes import (
     free_unbacked_symbols,
 )
 from torch.overrides import TorchFunctionMode
-from torch.utils import _sympy as torch_sympy  # noqa: F401  (loads torch's sympy functions)
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils._sympy import functions as fn
 
@@ -67,8 +67,11 @@ __all__ = [
     "trace",
 ]
 
-#: The oldest torch whose symbolic shapes this module was tested on (see tests/test_contract.py).
-MINIMUM = "2.4"
+#: The oldest torch whose symbolic shapes give the contracts tests/test_contract.py expects.
+#: Older releases trace too, but fix sizes that 2.13 keeps symbolic: 2.12 and 2.11 read every
+#: size as an int in Linear on 3-D inputs (``aten.size`` in fake mode), 2.8 cannot flatten a
+#: symbolic view, 2.4 lacks the floor-division simplifications.
+MINIMUM = "2.13"
 
 Kind = Literal["check", "branch", "user", "pin"]
 
@@ -79,7 +82,7 @@ _FAKE_LIMITS = (
     UnsupportedOperatorException,
     GuardOnDataDependentSymNode,
 )
-_TORCH_DIR = torch.__file__.rsplit("/", 1)[0].rsplit("\\", 1)[0]
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 #: torch's own symbolic machinery: a guard asked only through these came from the user's code.
 _MACHINERY = ("fx/experimental/", "utils/_sympy/", "__init__.py", "_logging/", "utils/_stats.py")
 _CHECKS = frozenset({"_check_with", "_check_is_size"})
@@ -175,7 +178,7 @@ class Plan:
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.dims)
 
 
-# -- evaluating formulas -----------------------------------------------------------------------------
+# -- evaluating formulas ---------------------------------------------------------------------------
 def _div(a: int | Fraction, b: int | Fraction) -> Fraction:
     return Fraction(a) / Fraction(b)
 
@@ -202,7 +205,7 @@ def evaluate(code: str, sizes: Mapping[str, int]) -> Any:
     return eval(_compiled(code), _NAMESPACE, values)
 
 
-# -- printing sympy ------------------------------------------------------------------------------------
+# -- printing sympy --------------------------------------------------------------------------------
 _ATOM, _POW, _UNARY, _MUL, _ADD, _CMP, _NOT, _AND, _OR = 9, 8, 7, 6, 5, 4, 3, 2, 1
 _RELATIONS = {
     sympy.Eq: "==", sympy.Ne: "!=", sympy.Lt: "<", sympy.Le: "<=", sympy.Gt: ">", sympy.Ge: ">=",
@@ -399,7 +402,7 @@ class _Printer:
         raise _NoCode(type(e).__name__)
 
 
-# -- making guards readable ----------------------------------------------------------------------------
+# -- making guards readable ------------------------------------------------------------------------
 def _readable(expr: sympy.Basic) -> sympy.Basic:
     """An equivalent, plainer relation: ``8*X == 512`` -> ``X == 64``, ``(8*X) % 512 == 0`` ->
     ``X % 64 == 0``, ``H//4 >= 1`` -> ``H >= 4``, ``min(T, 64) == T`` -> ``T <= 64``."""
@@ -474,7 +477,7 @@ def _min_max(left: sympy.Basic, right: sympy.Basic, relation: str) -> _Rewrite:
     return right, other, "<=" if isinstance(left, _MIN) else ">="
 
 
-# -- the run ----------------------------------------------------------------------------------------------
+# -- the run ---------------------------------------------------------------------------------------
 @dataclass
 class _Call:
     """A row under construction."""
@@ -515,7 +518,7 @@ def _function_name(func: Callable[..., Any]) -> str:
 _SKIP = frozenset({"contiguous", "detach", "requires_grad_", "dim", "size", "numel", "stride"})
 
 
-class _Recorder:
+class _Recorder(TorchFunctionMode):
     """Module hooks and a function mode shared by the symbolic run and the reference run.
 
     With ``reference`` (results of a reference run, by call) the symbolic run gives any call
@@ -523,6 +526,7 @@ class _Recorder:
     """
 
     def __init__(self, model: nn.Module, reference: dict[tuple[object, ...], Any] | None) -> None:
+        super().__init__()
         self.paths = PathIndex(model)
         self.reference = reference
         self.keep = False  # a reference run keeps each call's result (as metadata)
@@ -615,6 +619,16 @@ class _Recorder:
         return _from_metadata(result)
 
     # -- functions ------------------------------------------------------------------------
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        """Every torch function called while the recorder is entered as a mode comes here."""
+        return self.function(func, args, kwargs or {})
+
     def function(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -664,21 +678,6 @@ class _Recorder:
         return self.substitute(key, call, None, result) if _unbacked(result) else result
 
 
-class _Functions(TorchFunctionMode):
-    def __init__(self, recorder: _Recorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        return self.recorder.function(func, args, kwargs or {})
-
-
 @dataclass(frozen=True)
 class _Meta:
     """A tensor of a reference run, without its data."""
@@ -715,9 +714,10 @@ def _unbacked(obj: Any) -> bool:
     for leaf in leaves:
         if isinstance(leaf, torch.Tensor) and free_unbacked_symbols(leaf.shape):
             return True
-        if isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-            if free_unbacked_symbols(leaf):
-                return True
+        if isinstance(leaf, (torch.SymInt, torch.SymFloat, torch.SymBool)) and (
+            free_unbacked_symbols(leaf)
+        ):
+            return True
     return False
 
 
@@ -1047,7 +1047,7 @@ def _symbolic_run(
         with ExitStack() as stack:
             stack.enter_context(state.mode)
             stack.enter_context(_hooks(model, recorder, wrap=reference is not None))
-            stack.enter_context(_Functions(recorder))
+            stack.enter_context(recorder)
             state.entry = sys._getframe()
             output = model(*inputs)
     except _Stop:
@@ -1083,7 +1083,7 @@ def _run_recorded(
             if mode is not None:
                 stack.enter_context(mode)
             stack.enter_context(_hooks(model, recorder, wrap=False))
-            stack.enter_context(_Functions(recorder))
+            stack.enter_context(recorder)
             model(*inputs)
     except Exception as error:
         return error

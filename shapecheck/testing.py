@@ -559,7 +559,9 @@ def _formula_problem(
         after = len(entries) - rest - 1
         if len(dims) < len(entries) - 1:
             return f"{len(dims)} dims, at least {len(entries) - 1} needed"
-        pairs = [*zip(entries[:rest], dims), *zip(entries[rest + 1 :], dims[len(dims) - after :])]
+        head = zip(entries[:rest], dims[:rest], strict=True)
+        tail = zip(entries[rest + 1 :], dims[len(dims) - after :], strict=True)
+        pairs = [*head, *tail]
     elif len(dims) != len(entries):
         return f"{len(dims)} dims, {len(entries)} expected"
     else:
@@ -578,9 +580,9 @@ def _entry_problem_formula(
         return f"is {dim}, not {entry.size}"
     if entry.kind == "symbol" and entry.name in inputs and dim != entry.name:
         return f"is {dim}, not {entry.name} for every size"
-    if entry.kind == "symbol" and entry.name not in inputs:
-        if bound.setdefault(entry.name, dim) != dim:
-            return f"is {dim}, but {entry.name} is {bound[entry.name]} elsewhere"
+    new = entry.kind == "symbol" and entry.name not in inputs
+    if new and bound.setdefault(entry.name, dim) != dim:
+        return f"is {dim}, but {entry.name} is {bound[entry.name]} elsewhere"
     return None
 
 

@@ -14,6 +14,7 @@ import shapecheck
 import shapecheck.demo
 import shapecheck.strategies
 import shapecheck.testing
+from shapecheck._compat import torch_at_least
 from shapecheck.pytest_plugin import pytest_assertrepr_compare
 
 
@@ -240,6 +241,7 @@ def test_view_mixes_the_batch():
 """
 
 
+@pytest.mark.skipif(not torch_at_least("2.13"), reason="contracts need torch >= 2.13")
 def test_the_marker_checks_the_contract_symbolically(pytester: pytest.Pytester) -> None:
     import shapecheck._contract  # noqa: F401  (loaded before the inner session snapshots modules)
 
