@@ -349,10 +349,13 @@ def test_item_pins_the_symbols_its_value_was_computed_from():
 
 def test_the_model_is_left_as_it_was():
     model = ResNetish()  # training mode: BatchNorm counts batches, even on fake tensors
+    counted, image = Counted(), _image(2, 3, 8, 6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     c = shapecheck.contract(model, "B 3 H W", example=(2, 3, 40, 40))
-    c.sizes("H", up_to=64)
+    assert c.accepts(H=20)
+    assert not c.accepts(B=1, H=7, W=7)  # BatchNorm in training wants more than one value
+    shapecheck.contract(counted, "B 3 H W", example=image)  # a real run, for .item()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
     assert all(m.training for m in model.modules())
@@ -363,15 +366,19 @@ def test_the_model_is_left_as_it_was():
 
 
 # -- against real forward passes -------------------------------------------------------------------
-@settings(max_examples=30)
+#: sizes each model is likely to accept, so that both outcomes are drawn (never an expectation)
+LIKELY = {"seed": range(30, 38), "book_net": range(4, 70, 4), "resnet": range(5, 70),
+          "unet": range(16, 70, 16)}  # fmt: skip
+
+
+@settings(max_examples=20)
 @given(data=st.data())
 def test_formulas_equal_real_shapes_where_accepted_and_the_forward_fails_elsewhere(data):
-    name = data.draw(st.sampled_from(["seed", "book_net", "resnet", "unet"]), label="model")
+    name = data.draw(st.sampled_from(list(LIKELY)), label="model")
     model, c = _case(name)
     b = data.draw(st.integers(1, 5), label="B")
-    w = data.draw(st.integers(2, 70), label="W")
-    nearby = [*c.sizes("H", up_to=70, B=b, W=w)] if data.draw(st.booleans()) else []
-    h = data.draw(st.sampled_from(nearby) if nearby else st.integers(2, 70), label="H")
+    h, w = (data.draw(st.one_of(st.sampled_from(LIKELY[name]), st.integers(2, 70)), label=n)
+            for n in ("H", "W"))  # fmt: skip
     verdict = c.accepts(B=b, H=h, W=w)
     assert "not decided" not in verdict.why
     channels = 1 if name == "unet" else 3
