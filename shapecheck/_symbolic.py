@@ -585,21 +585,26 @@ class _Recorder(TorchFunctionMode):
         self.ended += 1
         return self.ended
 
-    def wrap(self, module: nn.Module) -> Callable[..., Any]:
-        """A forward that, when it cannot run symbolically, gives the output shapes by a rule
-        (recurrent layers) or takes the reference run's result."""
+    def wrap(self, module: nn.Module, rules: bool) -> Callable[..., Any]:
+        """A forward that gives the output shapes by a rule where one applies (recurrent layers,
+        in symbolic runs), and where the call cannot run symbolically takes the reference run's
+        result (when there is one)."""
         forward = module.forward
         recorder = self
 
         def forward_or_reference(*args: Any, **kwargs: Any) -> Any:
             key, call = recorder.stack[-1][2], recorder.stack[-1][1]
+            made = _by_rule(module, args, kwargs) if rules else None
+            if made is not None:
+                return made
             try:
                 output = forward(*args, **kwargs)
             except Exception as error:
+                if recorder.reference is None:
+                    raise
                 while recorder.stack and recorder.stack[-1][1] is not call:
                     recorder.stack.pop()  # calls inside that raised never reached their hook
-                made = _by_rule(module, args, kwargs)
-                return made if made is not None else recorder.substitute(key, call, error, None)
+                return recorder.substitute(key, call, error, None)
             return recorder.substitute(key, call, None, output) if _unbacked(output) else output
 
         return forward_or_reference
@@ -722,16 +727,18 @@ def _unbacked(obj: Any) -> bool:
 
 
 @contextmanager
-def _hooks(model: nn.Module, recorder: _Recorder, wrap: bool) -> Iterator[None]:
+def _hooks(model: nn.Module, recorder: _Recorder, symbolic: bool) -> Iterator[None]:
+    """Hooks on every module; forwards wrapped where a rule or the reference may answer."""
     handles = []
     wrapped: list[tuple[nn.Module, object]] = []
     try:
         for module in model.modules():
             handles.append(module.register_forward_pre_hook(recorder.pre_hook))
             handles.append(module.register_forward_hook(recorder.post_hook))
-            if wrap or isinstance(module, nn.RNNBase):
+            rules = symbolic and isinstance(module, nn.RNNBase)
+            if rules or recorder.reference is not None:
                 wrapped.append((module, vars(module).get("forward", _ABSENT)))
-                module.forward = recorder.wrap(module)
+                module.forward = recorder.wrap(module, rules)
         yield
     finally:
         for handle in handles:
@@ -747,30 +754,36 @@ _ABSENT = object()
 
 
 def _by_rule(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Output shapes for layers whose kernels need concrete sizes: the recurrent layers (their
-    own checks of the input ran before the kernel). None when no rule applies."""
+    """The outputs of a recurrent layer, whose kernels (or their decompositions, which loop over
+    time) need concrete sizes: after the layer's own checks of its input and state, tensors of
+    the shapes it returns. None when no rule applies (packed sequences, other modules)."""
     x = args[0] if args else kwargs.get("input")
-    if (
-        not isinstance(module, nn.RNNBase)
-        or not isinstance(x, torch.Tensor)
-        or x.dim() not in (2, 3)
-    ):
+    hx = args[1] if len(args) > 1 else kwargs.get("hx")
+    if not isinstance(module, nn.RNNBase):
         return None
-    sizes: list[Any] = list(x.shape)
-    if x.dim() == 2:  # unbatched (T, F)
-        lead, output = [], [sizes[0]]
-    elif module.batch_first:
-        lead, output = [sizes[0]], [sizes[0], sizes[1]]
-    else:
-        lead, output = [sizes[1]], [sizes[0], sizes[1]]
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
+        return None
+    batched = x.dim() == 3
+    x3 = x if batched else x.unsqueeze(0 if module.batch_first else 1)
+    module.check_input(x3, None)
+    if hx is not None:
+        module.check_forward_args(x3, hx if batched else _unsqueezed(hx), None)
+    seq, batch = (x3.shape[1], x3.shape[0]) if module.batch_first else (x3.shape[0], x3.shape[1])
+    lead: list[Any] = [batch] if batched else []
     directions = 2 if module.bidirectional else 1
     out = module.proj_size or module.hidden_size
+    shape = [batch, seq] if module.batch_first and batched else [seq, *lead]
+    y = x.new_empty([*shape, directions * out])
     states = directions * module.num_layers
-    y = x.new_empty([*output, directions * out])
     h = x.new_empty([states, *lead, out])
     if isinstance(module, nn.LSTM):
         return y, (h, x.new_empty([states, *lead, module.hidden_size]))
     return y, h
+
+
+def _unsqueezed(hx: Any) -> Any:
+    """An unbatched state with its batch dim (a tuple for LSTM)."""
+    return tree_map(lambda t: t.unsqueeze(1) if isinstance(t, torch.Tensor) else t, hx)
 
 
 @contextmanager
@@ -1046,7 +1059,7 @@ def _symbolic_run(
     try:
         with ExitStack() as stack:
             stack.enter_context(state.mode)
-            stack.enter_context(_hooks(model, recorder, wrap=reference is not None))
+            stack.enter_context(_hooks(model, recorder, symbolic=True))
             stack.enter_context(recorder)
             state.entry = sys._getframe()
             output = model(*inputs)
@@ -1082,7 +1095,7 @@ def _run_recorded(
         with ExitStack() as stack:
             if mode is not None:
                 stack.enter_context(mode)
-            stack.enter_context(_hooks(model, recorder, wrap=False))
+            stack.enter_context(_hooks(model, recorder, symbolic=False))
             stack.enter_context(recorder)
             model(*inputs)
     except Exception as error:

@@ -8,6 +8,7 @@ shapecheck. Golden files: tests/golden/contract/ (SHAPECHECK_UPDATE_GOLDEN=1 rew
 from __future__ import annotations
 
 import ast
+import doctest
 import functools
 import itertools
 import json
@@ -393,6 +394,19 @@ def test_formulas_equal_real_shapes_where_accepted_and_the_forward_fails_elsewhe
         assert expected[""] == tuple(real[""])
 
 
+@settings(max_examples=12)
+@given(name=st.sampled_from(["tagger", "gpt"]), b=st.integers(1, 4), t=st.integers(1, 30))
+def test_sequence_models_match_real_forwards_at_any_length(name: str, b: int, t: int):
+    model, c = _case(name)
+    verdict = c.accepts(B=b, T=t)
+    seen = capture(model, _tokens(b, t, vocab=40))
+    assert bool(verdict) == (seen.error is None), verdict.why
+    if verdict:
+        expected = c.shapes(B=b, T=t)
+        real = dict(reversed(seen.calls))  # the first call of each path
+        assert expected == {p: tuple(real[p]) for p in expected}
+
+
 # -- rendered contracts ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(CASES))
 def test_golden(name: str):
@@ -454,6 +468,14 @@ def test_import_and_explain_do_not_load_the_contract_modules():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["shapecheck._contract", "shapecheck._symbolic"])
+def test_docstring_examples(name: str):
+    module = sys.modules[name]
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted > 0
 
 
 # -- for the repair stage --------------------------------------------------------------------------
