@@ -656,10 +656,6 @@ class _Folder:
         return next(same, formula.text)  # 4*(H//4) where H % 4 == 0: H
 
 
-def _dims_of(shapes: tuple[tuple[sym.Formula, ...], ...]) -> tuple[tuple[str | int, ...], ...]:
-    return tuple(tuple(f.constant if f.constant is not None else f.text for f in s) for s in shapes)
-
-
 def _evaluated(
     shapes: tuple[tuple[sym.Formula, ...], ...], sizes: Mapping[str, int]
 ) -> tuple[tuple[int, ...], ...]:
