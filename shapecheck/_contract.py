@@ -387,22 +387,19 @@ def _bound(guard: sym.Guard) -> bool:
 def _past(guard: sym.Guard, example: Mapping[str, int], name: str) -> int | None:
     """The nearest size of ``name`` (the others at the example) where the bound fails."""
     start = example[name]
-    down = guard.relation in (">", ">=") if guard.text.startswith(name) else (
-        guard.relation in ("<", "<="))  # fmt: skip
-    steps = range(start - 1, 0, -1) if down else range(start + 1, 4 * start + 65)
-    return next(
-        (v for v in steps if not sym.evaluate(guard.code or "", {**example, name: v})), None
-    )
+    for distance in range(1, 4 * start + 65):
+        for size in (start - distance, start + distance):
+            if size >= 1 and not sym.evaluate(guard.code or "", {**example, name: size}):
+                return size
+    return None
 
 
 def _coincidence(guard: sym.Guard) -> bool:
+    """An equality torch's or the model's code branched on (not a size read as a number)."""
     if guard.kind not in ("branch", "user") or guard.relation != "==" or guard.code is None:
         return False
-    return not (
-        len(guard.symbols) == 1
-        and guard.code.replace(" ", "").count("v_") == 1
-        and guard.kind == "user"
-    )  # fmt: skip  (a user's size pinned to a number)
+    read = guard.kind == "user" and len(guard.symbols) == 1 and guard.code.count("v_") == 1
+    return not read
 
 
 def _breaking(
