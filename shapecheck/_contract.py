@@ -36,8 +36,9 @@ from . import _symbolic as sym
 from ._compat import require_torch
 from ._errors import UsageError
 from ._inputs import parse_dtype, require_module, unwrapped
-from ._source import code_line, short
+from ._source import code_line
 from ._spec import SpecLike, parse_spec
+from ._text import short
 
 __all__ = ["Contract", "ContractLayer", "SizeSet", "Verdict", "accepted_sizes_hint", "contract"]
 

@@ -10,6 +10,7 @@ dry run on fake tensors, said so. :func:`rank` is the one ranking of the plans f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -79,7 +80,37 @@ def diagnose(repair: Repair, trace: Trace) -> list[Diagnosis]:
     for plan in reversed(rank([plan for _, plan in plans])):  # the best plan of each fix wins
         best[next(i for i, p in plans if p is plan)] = plan
     made_for = fingerprint(repair.base.model)
-    return [Diagnosis(plan, plan_text(plan), made_for) for plan in rank(list(best.values()))]
+    ranked = [_with_sizes(repair, trace, plan) for plan in rank(list(best.values()))]
+    return [Diagnosis(plan, plan_text(plan), made_for) for plan in ranked]
+
+
+#: Rules about an input of the wrong size, whose message gains the sizes the model accepts.
+_SIZE_RULES = frozenset({"linear-in-features", "input-too-small", "view-batch", "view-size",
+                         "input-size"})  # fmt: skip
+#: A contract run (a symbolic trace, ~0.1 s for a small CNN) is made for models up to this size.
+_CONTRACT_PARAMS = 5_000_000
+
+
+def _with_sizes(repair: Repair, trace: Trace, plan: Plan) -> Plan:
+    """The plan, its first step told which input sizes the model accepts when that is cheap to
+    find (a small model, one image-like input): "this model accepts H, W with ... e.g. 32x32"."""
+    first = plan[0]
+    model = repair.base.model
+    if first.rule not in _SIZE_RULES or len(trace.layers) > 300:
+        return plan
+    if sum(p.numel() for p in model.parameters()) > _CONTRACT_PARAMS:
+        return plan
+    from ._contract import accepted_sizes_hint
+
+    try:
+        hint = accepted_sizes_hint(model, repair.base.args)
+    except Exception as error:  # a hint is extra: the diagnosis is whole without it
+        warnings.warn(f"shapecheck could not work out the sizes this model accepts: {error!r}",
+                      RuntimeWarning, stacklevel=2)  # fmt: skip
+        return plan
+    if hint is None:
+        return plan
+    return (replace(first, arithmetic=(*first.arithmetic, f"  {hint}")), *plan[1:])
 
 
 def rank(plans: list[tuple[Step, ...]]) -> list[tuple[Step, ...]]:

@@ -318,3 +318,14 @@ def test_a_batch_too_large_to_run_whole_is_checked_for_real_on_one_sample(
     shapes_only = shapecheck.explain(seed_model(), input_size=(16, 3, 32, 32), dry_run=True)
     assert shapes_only.diagnoses[0].verified_by == "dry run"
     assert "verified by a dry run, shapes only" in shapes_only.diagnoses[0].message
+
+
+def test_an_input_of_the_wrong_size_is_told_the_sizes_the_model_accepts() -> None:
+    from shapecheck import _compat, _symbolic
+    from shapecheck.demo import seed_model_fixed
+
+    report = shapecheck.explain(seed_model_fixed(), torch.randn(2, 3, 64, 64))
+    first = report.diagnoses[0]
+    assert first.rule == "linear-in-features"
+    hint = "this model accepts H, W with (H//4)*(W//4) == 64, e.g. 32x32"
+    assert (hint in first.message) == _compat.torch_at_least(_symbolic.MINIMUM)
