@@ -10,6 +10,7 @@ dry run on fake tensors, said so. :func:`rank` is the one ranking of the plans f
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -84,9 +85,9 @@ def diagnose(repair: Repair, trace: Trace) -> list[Diagnosis]:
     return [Diagnosis(plan, plan_text(plan), made_for) for plan in ranked]
 
 
-#: Rules about an input of the wrong size, whose message gains the sizes the model accepts.
-_SIZE_RULES = frozenset({"linear-in-features", "input-too-small", "view-batch", "view-size",
-                         "input-size"})  # fmt: skip
+#: Rules about an input of the wrong size, whose message gains the sizes the model accepts
+#: (input-too-small works out its own minimum; view-batch is about the batch, not the size).
+_SIZE_RULES = frozenset({"linear-in-features", "view-size", "input-size"})
 #: A contract run (a symbolic trace, ~0.1 s for a small CNN) is made for models up to this size.
 _CONTRACT_PARAMS = 5_000_000
 
@@ -108,8 +109,8 @@ def _with_sizes(repair: Repair, trace: Trace, plan: Plan) -> Plan:
         warnings.warn(f"shapecheck could not work out the sizes this model accepts: {error!r}",
                       RuntimeWarning, stacklevel=2)  # fmt: skip
         return plan
-    if hint is None:
-        return plan
+    if hint is None or re.search(r"\bB\b", hint):  # a rule that ties the size to the batch reads
+        return plan  # as a riddle ("16*B*... == 400*B"): better none
     return (replace(first, arithmetic=(*first.arithmetic, f"  {hint}")), *plan[1:])
 
 
