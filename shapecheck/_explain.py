@@ -14,7 +14,7 @@ from ._fixes import View
 from ._inputs import make_inputs, parse_device, require_module, unwrapped
 from ._loss import loss_hooks, loss_module
 from ._memory import check_optimizer, training_memory
-from ._params import param_totals
+from ._params import param_totals, tied_params
 from ._repair import Repair, diagnose, warn
 from ._report import Report
 from ._trace import gc_paused, run_trace
@@ -32,6 +32,7 @@ def explain(
     dtypes: Any = None,
     device: str | torch.device | None = None,
     depth: int | None = None,
+    fold: bool = True,
     dry_run: bool = False,
     loss_fn: Any = None,
     target: Any = None,
@@ -52,6 +53,8 @@ def explain(
         device: where to place the inputs; with ``dry_run`` it may name a device this machine
             lacks (``"cuda"``), which is then simulated.
         depth: fold table rows deeper than this when printing.
+        fold: fold repeated blocks into one ``×N`` row when printing, and show the inside of
+            each class once (``False``: every call gets a row; ``report.render`` can change it).
         dry_run: run on fake tensors: no activation memory, no compute. Inputs made from
             ``input_size`` hold no memory either, and a ``meta`` input stands for one of its
             shape. Ops that need values (``.item()``) make it run for real on example data.
@@ -98,6 +101,7 @@ def explain(
         training_memory=None if trace.saved is None or optimizer is None
         else training_memory(traced, trace.saved, optimizer),
         fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=repair.runs,
+        fold=fold, tied=tied_params(traced),
     )  # fmt: skip
 
 

@@ -126,6 +126,7 @@ def test_every_rendered_line_fits_100_columns():
 def test_html_has_a_row_per_visible_layer():
     report = CASES["seed_broken"]()
     html = report._repr_html_()
-    assert html.count("<tr") == 1 + len(report.layers)
+    table = html[html.index("<table class='sc-table'>") :]
+    assert table[: table.index("</table>")].count("<tr") == 1 + len(report.layers)
     assert "64x8 and 512x32" in html
     assert "<script" not in html
