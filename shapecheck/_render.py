@@ -303,8 +303,8 @@ def render_totals(report: Report, options: Options | None = None) -> str:
         lines.append(_memory_line(report.training_memory))
     output = shapes(report.output_shapes) if report.ok else "— (the forward raised)"
     kinds = " ".join(dict.fromkeys(f"{t.dtype} {t.device}" for t in report.inputs))
-    lines.append(f"input      {shapes(report.input_shapes)} {kinds} → output {output}   "
-                 f"[{_mode(report)}]")  # fmt: skip
+    mode = _mode(report).replace(" ", _GLUE) if len(_mode(report)) < 30 else _mode(report)
+    lines.append(f"input      {shapes(report.input_shapes)} {kinds} → output {output}   [{mode}]")
     return "\n".join(_fold_lines([options.text(x) for x in lines], options.width, 11))
 
 

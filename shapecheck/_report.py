@@ -127,7 +127,7 @@ class Report:
         Example:
             >>> import torch, shapecheck
             >>> report = shapecheck.explain(torch.nn.Linear(4, 2), torch.randn(3, 4))
-            >>> print(report.render(60, ascii=True).splitlines()[2])
+            >>> print(report.render(60, ascii=True).splitlines()[3])
             (root)  Linear(4->2)  (3, 4)  (3, 2)      10
         """
         from ._render import Options, render_report
