@@ -10,7 +10,7 @@ from typing import IO, Any
 from ._errors import UsageError
 from ._records import Diagnosis, Failure, Layer, Shape, TensorInfo, TrainingMemory
 
-__all__ = ["Report"]
+__all__ = ["Report", "add_note", "output_width", "stream_encodes"]
 
 _NOTE_MARK = "shapecheck: "
 
@@ -136,7 +136,7 @@ class Report:
             width=_width(width),
             depth=self.depth if depth is None else _depth(depth),
             fold=self.fold if fold is None else _flag(fold, "fold"),
-            ascii=not _encodes(sys.stdout) if ascii is None else _flag(ascii, "ascii"),
+            ascii=not stream_encodes(sys.stdout) if ascii is None else _flag(ascii, "ascii"),
         )
         return render_report(self, options)
 
@@ -174,7 +174,8 @@ def output_width(stream: IO[str] | None = None) -> int:
     return WIDTH
 
 
-def _encodes(stream: IO[str] | None) -> bool:
+def stream_encodes(stream: IO[str] | None) -> bool:
+    """True when ``stream`` can take the glyphs shapecheck draws."""
     from ._text import can_encode
 
     return can_encode(getattr(stream, "encoding", None) or "utf-8")
