@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -37,6 +38,11 @@ MODELS = textwrap.dedent(
             return self.lin(x)
     """
 )
+
+
+#: The environment for the real program: os.environ as Python sees it. (Passing it explicitly
+#: drops what C libraries add behind Python's back: GNU readline exports COLUMNS=80.)
+ENV = dict(os.environ)
 
 
 @pytest.fixture
@@ -153,7 +159,7 @@ def test_entry_point_runs_as_a_program(models: Path):
     """The real program, as a user starts it: exit codes cross the process boundary."""
     done = subprocess.run(
         [sys.executable, "-m", "shapecheck", "explain", f"{models}:broken", "--input", "1,3,32,32"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, env=ENV,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "missing" not in done.stderr
@@ -167,6 +173,7 @@ def test_demo_piped_into_a_reader_that_leaves_early_exits_quietly():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,
+        env=ENV,
     ) as process:  # closes both pipes and waits, even when an assertion below fails
         try:
             assert process.stdout is not None
