@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._arguments import check_arguments
 from ._dry import available, is_meta_model
 from ._errors import UsageError
 from ._fixes import View
@@ -64,7 +65,9 @@ def explain(
         flops: count forward FLOPs per layer (torch's FlopCounterMode formulas).
         optimizer: ``"sgd"``, ``"sgd-momentum"``, ``"adam"`` or ``"adamw"``: run with
             autograd on and estimate one training step's memory (``report.training_memory``).
-        **forward_kwargs: keyword arguments for the model's forward.
+        **forward_kwargs: keyword arguments for the model's forward. A name that forward does
+            not take is a UsageError (the closest of explain's own keywords is suggested), so a
+            misspelled ``input_sizes=`` never reaches the model.
 
     Example:
         >>> import torch, shapecheck
@@ -77,11 +80,14 @@ def explain(
         (False, '6', 'missing-flatten')
     """
     model = unwrapped(require_module(model))
+    flags = {"dry_run": dry_run, "flops": flops, "fold": fold}
+    check_arguments(model, inputs, forward_kwargs, input_size=input_size, flags=flags,
+                    loss_fn=loss_fn, target=target)  # fmt: skip
     loss = loss_module(loss_fn)
     where = parse_device(device)
     _check_depth(depth)
     optimizer = check_optimizer(optimizer)
-    dry_run = bool(dry_run) or is_meta_model(model)
+    dry_run = dry_run or is_meta_model(model)
     args, kwargs = _inputs(inputs, forward_kwargs, input_size, dtypes, where, dry_run)
     traced = _traceable(model)
     trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=flops,
