@@ -126,7 +126,8 @@ def _cells(report: Report, row: Row, marks: dict[int, str], options: Options) ->
     if report.total_flops is not None:
         right += (_flops(layer),)
     return _Cells(text(_name(row)), tuple(map(text, _tokens(layer.input_shapes))),
-                  tuple(map(text, outputs)), right, marks.get(layer.index, ""))  # fmt: skip
+                  tuple(map(text, outputs)), tuple(map(text, right)),
+                  marks.get(layer.index, ""))  # fmt: skip
 
 
 def _marked(report: Report) -> dict[int, str]:

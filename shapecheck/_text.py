@@ -92,7 +92,7 @@ def can_encode(encoding: str | None) -> bool:
     return True
 
 
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f\u00a0]")  # no-break spaces glue words for wrapping only
 
 
 def to_ascii(text: str) -> str:
