@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -31,7 +32,7 @@ def check_arguments(
     forward_kwargs: dict[str, Any],
     *,
     input_size: Any,
-    flags: dict[str, object],
+    flags: Mapping[str, object],
     loss_fn: Any,
     target: Any,
 ) -> None:
