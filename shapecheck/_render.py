@@ -150,6 +150,7 @@ def _marked(report: Report) -> dict[int, str]:
 class _Layout(NamedTuple):
     widths: tuple[int, ...]  # name, [input], output, right columns...
     inputs: bool
+    width: int = WIDTH  # of the whole text: a name longer than that wraps after a comma
 
 
 def _need(cells: Sequence[_Cells], least: bool) -> tuple[int, int]:
@@ -187,10 +188,10 @@ def _layout(cells: Sequence[_Cells], width: int, flops: bool) -> _Layout:
         ]
     for attempt in tries:
         if _fits(attempt.widths, width):
-            return attempt
+            return attempt._replace(width=width)
     _, least_out = _need(cells, least=True)
     rest = width - least_out - sum(right) - 1 - len(right)
-    return _Layout((max(rest, 12), least_out, *right), False)
+    return _Layout((max(rest, 12), least_out, *right), False, width)
 
 
 def _wrap_tokens(tokens: tuple[str, ...], width: int) -> list[str]:
@@ -201,6 +202,15 @@ def _wrap_tokens(tokens: tuple[str, ...], width: int) -> list[str]:
         else:
             lines.append(token)
     return lines
+
+
+def _long_name(name: str, width: int) -> list[str]:
+    """A name wider than the text, folded after its commas, never inside a word."""
+    if len(name) <= width:
+        return [name]
+    indent = " " * (len(name) - len(name.lstrip()) + 4)
+    return textwrap.wrap(name, width, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False, drop_whitespace=True) or [name]  # fmt: skip
 
 
 def _nth(parts: list[str], k: int) -> str:
@@ -215,8 +225,8 @@ def _row_lines(cells: _Cells, layout: _Layout, options: Options) -> list[str]:
     right_ws = rest[len(columns) :]
     lines = []
     name = cells.name
-    if len(name) >= name_w:  # too long for its column: on a line of its own, whole
-        lines.append(name)
+    if len(name) >= name_w:  # too long for its column: on a line (or lines) of its own
+        lines += _long_name(name, layout.width)
         name = ""
     wrapped = [_wrap_tokens(col, w - 1) for col, w in zip(columns, shape_ws, strict=True)]
     for k in range(max(len(w) for w in wrapped)):
@@ -289,15 +299,13 @@ def _footnotes(report: Report, options: Options) -> list[str]:
 def render_totals(report: Report, options: Options | None = None) -> str:
     """Parameter totals, sizes by dtype, buffers, and the model's inputs and outputs."""
     options = options or Options()
-    by_dtype = ", ".join(f"{nbytes(b)} {d}" for d, b in sorted(report.param_bytes_by_dtype.items()))
-    lines = [
-        f"params     {count(report.total_params)} total · {count(report.trainable_params)} "
-        f"trainable · {count(report.non_trainable_params)} frozen"
-        + (f" · {by_dtype}" if by_dtype else ""),
-    ]
+    parts = [f"{count(report.total_params)} total", f"{count(report.trainable_params)} trainable",
+             f"{count(report.non_trainable_params)} frozen"]  # fmt: skip
+    parts += [f"{nbytes(b)} {d}" for d, b in sorted(report.param_bytes_by_dtype.items())]
+    lines = [f"params     {_glued(parts)}"]
     if report.buffer_count:
-        lines.append(f"buffers    {count(report.buffer_count)} values · "
-                     f"{nbytes(report.buffer_bytes)}")  # fmt: skip
+        buffers = [f"{count(report.buffer_count)} values", nbytes(report.buffer_bytes)]
+        lines.append(f"buffers    {_glued(buffers)}")
     if report.total_flops is not None:
         lines.append(f"flops      {count(report.total_flops)} forward")
     if report.training_memory is not None:
@@ -305,8 +313,14 @@ def render_totals(report: Report, options: Options | None = None) -> str:
     output = shapes(report.output_shapes) if report.ok else "— (the forward raised)"
     kinds = " ".join(dict.fromkeys(f"{t.dtype} {t.device}" for t in report.inputs))
     mode = _mode(report).replace(" ", _GLUE) if len(_mode(report)) < 30 else _mode(report)
-    lines.append(f"input      {shapes(report.input_shapes)} {kinds} → output {output}   [{mode}]")
+    lines.append(f"input      {shapes(report.input_shapes)} {_glued([kinds])} → "
+                 f"{_glued([f'output {output}'])}   [{mode}]")  # fmt: skip
     return "\n".join(_fold_lines([options.text(x) for x in lines], options.width, 11))
+
+
+def _glued(parts: list[str]) -> str:
+    """Parts joined by `` · ``; lines wrap between parts, never inside one."""
+    return " · ".join(p.replace(" ", _GLUE) for p in parts)
 
 
 def _mode(report: Report) -> str:
@@ -459,7 +473,8 @@ def _message_lines(lines: list[str], width: int) -> list[str]:
     """Message lines folded to the width; continuation lines indented under their label."""
     out: list[str] = []
     for line in lines:
-        indent = len(line) - len(line.lstrip()) + (10 if line.startswith("  ") else 4)
+        lead = len(line) - len(line.lstrip())
+        indent = lead + (10 if lead == 2 else 4)  # under an evidence label, or a code block
         out += _fold_lines([line], width, min(indent, width // 3))
     return out
 
