@@ -553,7 +553,9 @@ line-height:1.45;max-width:100%;overflow-x:auto;color:inherit}
 .shapecheck code,.shapecheck pre,.shapecheck .sc-table td,.shapecheck .sc-ev td{
 font-family:var(--jp-code-font-family,ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",
 "Liberation Mono",monospace);font-size:var(--jp-code-font-size,13px)}
-.shapecheck pre{margin:.3em 0;padding:0;background:none;white-space:pre-wrap;color:inherit}
+.shapecheck pre{margin:.3em 0;padding:0;background:none;border:0;white-space:pre-wrap;
+color:inherit;line-height:1.45}
+.shapecheck table{table-layout:auto;border:0;margin-left:0}
 .shapecheck .sc-title{font-size:1.05em;margin:.2em 0 .5em}
 .shapecheck .sc-bad{color:var(--sc-red);font-weight:600}
 .shapecheck .sc-ok{color:var(--sc-green);font-weight:600}
@@ -564,7 +566,7 @@ padding:.45em .8em;margin:.5em 0}
 .shapecheck .sc-ev{border-collapse:collapse;margin:.25em 0}
 .shapecheck .sc-ev th{text-align:left;font-weight:normal;opacity:.75;padding:0 1em 0 0;
 vertical-align:top;white-space:nowrap}
-.shapecheck .sc-ev td{padding:0;white-space:pre-wrap}
+.shapecheck .sc-ev td{padding:0;white-space:pre-wrap;text-align:left}
 .shapecheck .sc-cause{margin:.35em 0}
 .shapecheck .sc-fix{margin:.35em 0;padding:.3em .6em;border:1px solid var(--sc-line);
 border-left:4px solid #16a34a;background:rgba(22,163,74,.08)}
@@ -576,6 +578,7 @@ margin-right:.5em}
 padding:.15em .9em .15em 0}
 .shapecheck .sc-table td{text-align:left;padding:.1em .9em .1em 0;vertical-align:top;
 border:0;background:none}
+.shapecheck table.sc-table tbody tr,.shapecheck table.sc-ev tbody tr{background:none}
 .shapecheck .sc-table td.sc-n{text-align:right;white-space:nowrap}
 .shapecheck .sc-table .sc-name{white-space:pre}
 .shapecheck .sc-table .sc-shape{white-space:nowrap}
