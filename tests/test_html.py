@@ -23,8 +23,8 @@ from shapecheck.demo import seed_model
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import benchzoo
-import screenshot as browser_page
+import benchzoo  # noqa: E402
+import screenshot as browser_page  # noqa: E402
 
 BROWSER = browser_page.find_chromium()
 pytestmark = pytest.mark.skipif(
