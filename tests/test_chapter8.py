@@ -28,8 +28,9 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
         env.setenv("CHAPTER8_EPOCHS", "2")
         env.setenv("OMP_NUM_THREADS", "1")  # a small CNN on 2 shared cores: threads only contend
         env.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        where = {"metadata": {"path": str(NOTEBOOK.parent)}}  # the notebook's folder, as Jupyter
         nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()  # fmt: skip
+                                resources=where).execute()  # fmt: skip
     return list(notebook.cells)
 
 
