@@ -110,7 +110,9 @@ def failing_call(tb: TracebackType | None) -> tuple[Any, tuple[Any, ...], dict[s
     torch = sys.modules.get("torch")
     if torch is None or tb is None:  # no module can have raised
         return None
-    calls = {torch.nn.Module._wrapped_call_impl.__code__, torch.nn.Module._call_impl.__code__}
+    module_type = torch.nn.Module
+    calls = {getattr(module_type, name).__code__ for name in ("_wrapped_call_impl", "_call_impl")
+             if hasattr(module_type, name)}  # fmt: skip
     for frame, _ in traceback.walk_tb(tb):
         if frame.f_code in calls:
             local = frame.f_locals
