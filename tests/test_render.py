@@ -9,11 +9,9 @@ Without that variable a missing or different golden file is a failure, never rew
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
+from golden import check_golden
 from torch import nn
 from zoo import ZOO, BookNet, TinyResNet
 
@@ -21,24 +19,11 @@ import shapecheck
 from shapecheck._render import render_table
 from shapecheck.demo import seed_model, seed_model_fixed
 
-GOLDEN = Path(__file__).parent / "golden" / "render"
-UPDATE = os.environ.get("SHAPECHECK_UPDATE_GOLDEN") == "1"
 WIDTH = 100
 
 
 def _image(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-
-
-def _check_golden(name: str, text: str) -> None:
-    path = GOLDEN / f"{name}.txt"
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
-        return
-    assert path.exists(), f"{path} is missing: run with SHAPECHECK_UPDATE_GOLDEN=1 to create it"
-    expected = path.read_text(encoding="utf-8").removesuffix("\n")
-    assert text == expected, f"rendering differs from {path.name} (update it on purpose only)"
 
 
 def _nested() -> nn.Module:
@@ -62,7 +47,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", CASES)
 def test_golden(name: str):
-    _check_golden(name, str(CASES[name]()))
+    check_golden("render", name, str(CASES[name]()))
 
 
 def test_book_net_shows_every_functional_step():

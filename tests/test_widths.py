@@ -6,7 +6,6 @@ the change is intended, with ``SHAPECHECK_UPDATE_GOLDEN=1``.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden import check_golden
 from torch import nn
 from zoo import ZOO, BookNet
 
@@ -26,8 +26,6 @@ from shapecheck.demo import seed_model
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchzoo
 
-GOLDEN = Path(__file__).parent / "golden" / "widths"
-UPDATE = os.environ.get("SHAPECHECK_UPDATE_GOLDEN") == "1"
 WIDTHS = (60, 80, 100, 120)
 
 
@@ -70,21 +68,11 @@ def reports() -> dict[str, shapecheck.Report]:
     return {name: make() for name, make in MODELS.items()}
 
 
-def _golden(name: str, text: str) -> None:
-    path = GOLDEN / f"{name}.txt"
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
-        return
-    assert path.exists(), f"{path} is missing: run with SHAPECHECK_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(encoding="utf-8").removesuffix("\n"), f"differs from {path}"
-
-
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("name", MODELS)
 def test_golden_at_each_width(reports: dict[str, shapecheck.Report], name: str, width: int):
     text = reports[name].render(width, ascii=False)
-    _golden(f"{name}-{width}", text)
+    check_golden("widths", f"{name}-{width}", text)
     too_wide = [line for line in text.splitlines() if len(line) > width]
     assert not too_wide, too_wide
 
