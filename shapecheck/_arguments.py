@@ -78,7 +78,7 @@ def _check_keywords(
     for key in forward_kwargs:
         if key in named:
             continue
-        close = difflib.get_close_matches(key, EXPLAIN_KEYWORDS, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(key, EXPLAIN_KEYWORDS, n=1, cutoff=0.7)
         if close:
             raise UsageError(
                 f"explain() has no keyword {key}=; did you mean {close[0]}=? (keywords that "

@@ -141,7 +141,9 @@ def replay(
     report = explain(module, *args, **kwargs)
     failure = report.failure
     if failure is not None and type(failure.exception) is type(error):
-        return report if report.dry_run or str(failure.exception) == str(error) else None
+        if report.dry_run:  # a meta model or meta inputs: fake tensors were all there was
+            return in_users_words(report, error)
+        return report if str(failure.exception) == str(error) else None
     dry = explain(module, *args, dry_run=True, **kwargs)
     if dry.failure is None or type(dry.failure.exception) is not type(error):
         return None

@@ -130,12 +130,17 @@ def _failed(what: str, error: BaseException, path: Path) -> UsageError:
     return UsageError(f"{_where(error, path)}: {what} raised {type(error).__name__}{said}")
 
 
+_LOADED: set[str] = set()  # the names this command put in sys.modules
+
+
 def _import(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     if spec is None or spec.loader is None:
         raise UsageError(f"cannot import {path}.")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # classes find their source (and pickle) by it
+    if spec.name not in sys.modules or spec.name in _LOADED:  # never shadow a real module
+        sys.modules[spec.name] = module  # classes find their source (and pickle) by it
+        _LOADED.add(spec.name)
     sys.path.insert(0, str(path.parent.resolve()))
     try:
         spec.loader.exec_module(module)
@@ -238,6 +243,12 @@ def _demo() -> int:
     return 0
 
 
+def _for_the_command_line(message: str) -> str:
+    """explain's advice in this command's words: ``--dry-run`` for ``dry_run=True``."""
+    message = message.replace("dry_run=True (--dry-run on the command line)", "--dry-run")
+    return message.replace("pass dry_run=True", "pass --dry-run")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     ns = _parser().parse_args(argv)
@@ -246,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--width {ns.width}: at least 40 columns.")
         return _demo() if ns.command == "demo" else _explain(ns)
     except UsageError as error:
-        print(f"shapecheck: error: {error}", file=sys.stderr)
+        print(f"shapecheck: error: {_for_the_command_line(str(error))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `shapecheck demo | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

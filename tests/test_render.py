@@ -115,3 +115,34 @@ def test_html_has_a_row_per_visible_layer():
     assert table[: table.index("</table>")].count("<tr") == 1 + len(report.layers)
     assert "64x8 and 512x32" in html
     assert "<script" not in html
+
+
+class _BookNetNoView(nn.Module):
+    """The book's Net with its flatten forgotten: the tensor is called ``out`` in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8 * 16 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.max_pool2d(torch.tanh(self.conv(x)), 2)
+        return self.fc1(out)  # type: ignore[no-any-return]
+
+
+def test_fix_code_uses_the_variable_of_the_source_line():
+    report = shapecheck.explain(_BookNetNoView(), _image(1, 3, 32, 32))
+    assert report.diagnoses[0].fix.startswith(
+        "out = torch.flatten(out, 1)   # before test_render.py:"
+    )
+    assert report.diagnoses[0].fix.endswith(": return self.fc1(out)  # type: ignore[no-any-return]")
+
+
+def test_one_sample_the_root_and_the_op_a_warning_is_about():
+    text = shapecheck.explain(BookNet(), _image(1, 3, 64, 64)).render(100)
+    assert "call 'view(-1, 512)' in (root) changed the batch: 1 sample in, 4 rows out" in text
+    assert "1 samples" not in text
+    assert "''" not in text
+    lines = text.splitlines()
+    view = next(i for i, line in enumerate(lines) if "· view(-1, 512)" in line)
+    assert lines[view + 1].strip() == "↑ warning (view-batch), below"
