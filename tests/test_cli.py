@@ -232,9 +232,9 @@ def test_width_and_no_fold(models: Path, capsys):
     [
         ("import torch\ndef build(:\n    pass\n", "build", ":2: importing m.py: syntax error"),
         (
-            "import torch\nimport not_a_module_anywhere\n",
+            "import torch\nimport no_such_module\n",
             "build",
-            ":2: importing m.py raised ModuleNotFoundError: No module named 'not_a_module_anywhere'",
+            ":2: importing m.py raised ModuleNotFoundError: No module named 'no_such_module'",
         ),
         (
             "from torch import nn\ndef build():\n    return nn.Linear(2, 'x')\n",
@@ -283,8 +283,9 @@ def test_ascii_streams_get_ascii_and_the_usual_exit_codes(models: Path, command:
     argv = (
         ["demo"] if command == "demo" else ["explain", f"{models}:broken", "--input", "1,3,32,32"]
     )
+    ascii_env = {**ENV, "PYTHONIOENCODING": "ascii"}
     done = subprocess.run([sys.executable, "-m", "shapecheck", *argv], capture_output=True,
-                          timeout=300, check=False, env={**ENV, "PYTHONIOENCODING": "ascii"})  # fmt: skip
+                          timeout=300, check=False, env=ascii_env)  # fmt: skip
     assert done.returncode == (0 if command == "demo" else 1), done.stderr
     out = done.stdout.decode("ascii")  # raises on any other byte
     assert "Linear(512->32)" in out
