@@ -153,7 +153,7 @@ class Report:
         printer.text(repr(self) if cycle else self.render())
 
     def _repr_html_(self) -> str:
-        from ._render import render_html
+        from ._html import render_html
 
         return render_html(self)
 

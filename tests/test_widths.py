@@ -217,3 +217,9 @@ def test_repr_pretty_gives_the_text_report(reports: dict[str, shapecheck.Report]
     pretty = pytest.importorskip("IPython.lib.pretty")
     report = reports["seed"]
     assert pretty.pretty(report) == str(report)
+
+
+def test_tied_weights_are_in_the_json_too(reports: dict[str, shapecheck.Report]):
+    assert reports["gpt2"].to_dict()["tied"] == [
+        {"path": "head", "shared_with": "wte", "params": 38_597_376}
+    ]
