@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-EXTRAS = {"demo": "examples", "test": "test,examples", "lint": "test,examples,dev",
+EXTRAS = {"demo": "examples", "test": "test,examples,zoo", "lint": "test,examples,zoo,dev",
           "screenshot": "notebook"}  # fmt: skip
 
 #: What the floor smoke runs on the oldest admitted torch: import and demo, and the core of

@@ -45,6 +45,7 @@ class FixKind(Enum):
     EDIT_LAYER_INPUT = "edit-layer-input"
     EDIT_INPUT = "edit-input"
     REWRITE_CALL = "rewrite-call"
+    PROJECT_OPERAND = "project-operand"
     EDIT_TARGET = "edit-target"
     CONVERT_MODEL = "convert-model"
     REGISTER_MODULES = "register-modules"
@@ -56,6 +57,7 @@ class CallRewrite(Enum):
 
     FLATTEN_PER_SAMPLE = "flatten-per-sample"  # x.view(-1, n) -> x.flatten(1)
     RESIZE_TO_FIRST = "resize-to-first"  # torch.cat([a, b]) with b resized to a's spatial size
+    RESHAPE = "reshape"  # x.view(...) -> x.reshape(...): copies when the memory order needs it
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,19 @@ class RewriteCall(Fix):
     source: str = ""
     name: str = ""
     rewrite: CallRewrite = CallRewrite.FLATTEN_PER_SAMPLE
+
+
+@dataclass(frozen=True)
+class ProjectOperand(Fix):
+    """At one functional call of ``forward`` (found by its source line and name), pass operand
+    ``operand`` through a projection whenever it does not match the other one: the
+    ``downsample`` a residual shortcut lacks, made for each shape that needs one."""
+
+    kind: ClassVar[FixKind] = FixKind.PROJECT_OPERAND
+    edits: ClassVar[str] = "a line of forward()"
+    source: str = ""
+    name: str = ""
+    operand: int = 1
 
 
 @dataclass(frozen=True)

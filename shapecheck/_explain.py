@@ -8,17 +8,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._advise import warn
 from ._arguments import check_arguments
 from ._dry import available, is_meta_model
 from ._errors import UsageError
-from ._fixes import View
 from ._inputs import make_inputs, parse_device, require_module, unwrapped
 from ._loss import loss_hooks, loss_module
 from ._memory import check_optimizer, training_memory
 from ._params import param_totals, tied_params
-from ._repair import Repair, diagnose, warn
+from ._records import Diagnosis
 from ._report import Report
-from ._trace import gc_paused, run_trace
+from ._trace import Trace, gc_paused, run_trace
 
 __all__ = ["explain"]
 
@@ -62,7 +62,10 @@ def explain(
         loss_fn: a loss module or function ``(output, target)``, traced after the forward under
             the path ``"loss"``; its failures are diagnosed too.
         target: the target passed to ``loss_fn``.
-        flops: count forward FLOPs per layer (torch's FlopCounterMode formulas).
+        flops: count forward FLOPs per layer: torch's FlopCounterMode formulas, and
+            shapecheck's own for what they miss (CPU attention kernels, fused encoder layers,
+            recurrent kernels, grouped matmuls). Ops that do work without a formula are listed
+            in ``report.flops_uncounted``, and the total is then shown as a lower bound.
         optimizer: ``"sgd"``, ``"sgd-momentum"``, ``"adam"`` or ``"adamw"``: run with
             autograd on and estimate one training step's memory (``report.training_memory``).
         **forward_kwargs: keyword arguments for the model's forward. A name that forward does
@@ -79,7 +82,7 @@ def explain(
         >>> report.ok, report.failure.path, report.diagnoses[0].rule
         (False, '6', 'missing-flatten')
     """
-    model = unwrapped(require_module(model))
+    model = _eager(unwrapped(require_module(model)))
     flags = {"dry_run": dry_run, "flops": flops, "fold": fold}
     check_arguments(model, inputs, forward_kwargs, input_size=input_size, flags=flags,
                     loss_fn=loss_fn, target=target)  # fmt: skip
@@ -93,22 +96,42 @@ def explain(
     trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=flops,
                       saved=optimizer is not None, confirm=True,
                       **loss_hooks(loss, target))  # fmt: skip
-    repair = Repair(View(traced, args, kwargs, target=target), where, loss)
+    diagnoses, reruns = _diagnosed(traced, args, kwargs, target, where, loss, trace)
     totals = param_totals(traced)
     return Report(
         model_type=type(model).__name__, layers=trace.layers, failure=trace.failure,
-        diagnoses=diagnose(repair, trace) if trace.failure else [],
-        warnings=[] if trace.failure else warn(traced, args, kwargs, trace),
+        diagnoses=diagnoses, warnings=[] if trace.failure else warn(traced, trace),
         inputs=trace.inputs, outputs=trace.outputs,
         total_params=totals.total, trainable_params=totals.trainable,
         param_bytes_by_dtype=totals.bytes_by_dtype, buffer_count=totals.buffer_count,
         buffer_bytes=totals.buffer_bytes, dry_run=trace.dry_run, depth=depth,
         total_flops=None if trace.flops is None else trace.flops.total,
+        flops_uncounted=None if trace.flops is None else dict(trace.flops.uncounted),
         training_memory=None if trace.saved is None or optimizer is None
         else training_memory(traced, trace.saved, optimizer),
-        fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=repair.runs,
+        fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=reruns,
         fold=fold, tied=tied_params(traced),
     )  # fmt: skip
+
+
+def _diagnosed(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    target: Any,
+    where: torch.device | None,
+    loss: nn.Module | None,
+    trace: Trace,
+) -> tuple[list[Diagnosis], int]:
+    """The diagnoses of a failure, and the re-runs they took; the repair machinery (rules,
+    fix interpreter) is loaded only when a forward failed."""
+    if trace.failure is None:
+        return [], 0
+    from ._fixes import View
+    from ._repair import Repair, diagnose
+
+    repair = Repair(View(model, args, kwargs, target=target), where, loss)
+    return diagnose(repair, trace), repair.runs
 
 
 def _inputs(
@@ -129,6 +152,18 @@ def _inputs(
     args = make_inputs(inputs, input_size, dtypes, place, shapes_only=dry_run)
     values = make_inputs(tuple(forward_kwargs.values()), None, None, place, arguments=True)
     return args, dict(zip(forward_kwargs, values, strict=True))
+
+
+def _eager(model: nn.Module) -> nn.Module:
+    """``model`` itself: an eager module. TorchScript runs without Python hooks, so a scripted
+    or traced model cannot be explained; its eager original can."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UsageError(
+            f"this {type(model).__name__} is a TorchScript module (torch.jit.script or "
+            "torch.jit.trace), which runs without the Python hooks explain() needs; pass the "
+            "nn.Module it was made from."
+        )
+    return model
 
 
 def _check_depth(depth: object) -> None:

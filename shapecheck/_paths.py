@@ -28,9 +28,11 @@ class PathIndex:
     """Paths of every module under a root, precomputed once per trace."""
 
     def __init__(self, root: nn.Module, extra: dict[str, nn.Module] | None = None) -> None:
+        #: every module once, with its first path: the one walk of the model a trace makes
+        self.named = list(root.named_modules())
         self.canonical: dict[int, str] = {}
         self.children: dict[int, dict[int, list[str]]] = {}
-        for path, module in root.named_modules():
+        for path, module in self.named:
             self.canonical.setdefault(id(module), path)
             names: dict[int, list[str]] = {}
             for name, child in module._modules.items():
@@ -39,6 +41,8 @@ class PathIndex:
             self.children[id(module)] = names
         for path, module in (extra or {}).items():
             self.canonical.setdefault(id(module), path)
+        #: how deeply modules nest (1 for a model without children)
+        self.depth = 1 + max((p.count(".") + 1 for p in self.canonical.values() if p), default=0)
 
     def path_of(self, module: nn.Module, parent: ModuleFrame | None) -> str:
         """The path of this call of ``module`` made while ``parent`` is running."""

@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,16 +20,18 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 
 from ._describe import describe_arguments, describe_module
-from ._flops import FlopCounter
 from ._inputs import tensors_in
 from ._paths import ModuleFrame, PathIndex
 from ._records import TensorInfo
 from ._source import caller_source
 
+if TYPE_CHECKING:
+    from ._flops import FlopCounter
+
 __all__ = ["FunctionMode", "Recorder", "Rewrite", "Row", "function_name", "hooks", "owned_counts"]
 
-#: Replaces one functional call during a re-run: (args, kwargs) -> result.
-Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+#: Replaces one functional call during a re-run: (the call, args, kwargs) -> result.
+Rewrite = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
 # Calls that read metadata or only move bytes: never rows in the table.
 _BOOKKEEPING = frozenset({
@@ -41,6 +43,35 @@ _BOOKKEEPING = frozenset({
 })  # fmt: skip
 # Bookkeeping calls whose result stands for their input (same values): it keeps the provenance.
 _SAME_VALUES = frozenset({"contiguous", "detach", "requires_grad_"})
+_IN_PLACE_OPERATORS = frozenset({
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+    "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__",
+    "__setitem__",
+})  # fmt: skip
+
+
+#: dtype -> its name as the records write it ("float32"), filled on first sight
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+def _ours() -> AbstractContextManager[None]:
+    """Torch-function dispatch off: shapecheck's own tensor reads skip its function mode."""
+    off: AbstractContextManager[None] = torch._C.DisableTorchFunction()
+    return off
+
+
+def writes_in_place(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> bool:
+    """``x.mul_(2)``, ``x += 1``, ``x[0] = 1``, ``F.relu(x, inplace=True)``,
+    ``torch.add(a, b, out=x)``: it writes into its first argument (or ``out``)."""
+    name = getattr(func, "__name__", "")
+    in_place = name.endswith("_") and not name.endswith("__") and not name.startswith("_")
+    return (in_place or name in _IN_PLACE_OPERATORS or "out" in kwargs
+            or kwargs.get("inplace") is True)  # fmt: skip
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -76,6 +107,8 @@ class Row:
     failed: bool = False
     flops_start: int | None = None
     flops: int | None = None
+    uncounted_start: int = 0
+    flops_uncounted: int = 0
 
 
 class Recorder:
@@ -97,7 +130,7 @@ class Recorder:
         self.stack: list[ModuleFrame] = []
         self.events: list[tuple[BaseException, int]] = []
         self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
-        self.busy = False
+        self.read: set[int] = set()  # ids of the tensors functional calls were given
         self.counter: FlopCounter | None = None
         # provenance: id(tensor) -> (weak reference, key); key -> the row that made it, or
         # the model's positional argument it is. A weak reference tells a live tensor from a
@@ -106,6 +139,10 @@ class Recorder:
         self._made_by: dict[int, int] = {}
         self._position: dict[int, int] = {}
         self._next_key = 0
+        # the caller's input tensors, by storage, on a real run; a copy of each one the forward
+        # writes into in place, to put back after the run
+        self._input_storages: dict[int, torch.Tensor] = {}
+        self._saved_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _flops_now(self) -> int | None:
         # one running total, read at the start and end of each call: O(1) per call
@@ -114,6 +151,7 @@ class Recorder:
     def _flops_end(self, row: Row) -> None:
         if self.counter is not None and row.flops_start is not None:
             row.flops = self.counter.total - row.flops_start
+            row.flops_uncounted = self.counter.uncounted_calls - row.uncounted_start
 
     def _key(self, tensor: torch.Tensor) -> int:
         known = self._keys.get(id(tensor))
@@ -125,55 +163,67 @@ class Recorder:
         return key
 
     def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
-        """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins)."""
-        alias = self.device_alias
-        # Our own reads of .shape/.dtype pass through the function mode too; marking them busy
-        # keeps them from being recorded (a hot spot: ~10 such reads per module call).
-        busy, self.busy = self.busy, True
-        try:
-            found = []
-            for t in tensors_in(obj):
-                key = self._key(t)
-                if made_by is not None:
-                    self._made_by.setdefault(key, made_by)
-                found.append(TensorInfo(
-                    tuple(t.shape), str(t.dtype).removeprefix("torch."),
-                    alias.get(str(t.device), str(t.device)), t.requires_grad,
-                    key, self._made_by.get(key), self._position.get(key),
-                ))  # fmt: skip
-            return tuple(found)
-        finally:
-            self.busy = busy
+        """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins).
+
+        Our own reads of ``.shape``/``.dtype`` must not go through the function mode (a hot
+        spot: ~10 such reads per module call), so torch-function dispatch is off meanwhile.
+        """
+        with _ours():
+            return tuple(self._info(t, made_by) for t in tensors_in(obj))
+
+    def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
+        key = self._key(t)
+        if made_by is not None:
+            self._made_by.setdefault(key, made_by)
+        device = str(t.device)
+        return TensorInfo(tuple(t.shape), _DTYPE_NAMES.get(t.dtype) or _dtype_name(t.dtype),
+                          self.device_alias.get(device, device), t.requires_grad, key,
+                          self._made_by.get(key), self._position.get(key))  # fmt: skip
 
     def model_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[TensorInfo, ...]:
-        """The model's inputs, each positional tensor argument remembered as such."""
-        busy, self.busy = self.busy, True
-        try:
+        """The model's inputs, each positional tensor argument remembered as such, and (on
+        real tensors) their storages, so an in-place write into one can be undone."""
+        with _ours():
             for position, arg in enumerate(args):
                 if isinstance(arg, torch.Tensor):
                     self._position.setdefault(self._key(arg), position)
-        finally:
-            self.busy = busy
+            for t in tensors_in((args, kwargs)):
+                if not isinstance(t, FakeTensor) and not t.is_meta and t.layout == torch.strided:
+                    self._input_storages.setdefault(_storage_key(t), t)
         return self.infos((args, kwargs))
+
+    def _guard_input(self, func: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:  # fmt: skip
+        """Before an in-place write into a caller's input (or a view of one), keep a copy."""
+        target = kwargs.get("out", args[0] if args else None)
+        if not isinstance(target, torch.Tensor) or not writes_in_place(func, kwargs):
+            return
+        with _ours():
+            key = _storage_key(target)
+            original = self._input_storages.get(key)
+            if original is not None and key not in self._saved_inputs:
+                self._saved_inputs[key] = (original, original.detach().clone())
+
+    def restore_inputs(self) -> None:
+        """Put back every caller's input that the forward wrote into."""
+        with _ours(), torch.no_grad():
+            for original, copy in self._saved_inputs.values():
+                original.copy_(copy)
 
     def _same_values(self, result: Any, source: Any) -> None:
         """``result`` of ``x.contiguous()`` or ``x.detach()`` stands for ``x``."""
         if not isinstance(result, torch.Tensor) or not isinstance(source, torch.Tensor):
             return
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             key, origin = self._key(result), self._key(source)
             if origin in self._made_by:
                 self._made_by.setdefault(key, self._made_by[origin])
             if origin in self._position:
                 self._position.setdefault(key, self._position[origin])
-        finally:
-            self.busy = busy
 
     def _remember_values(self, row: int, args: Any) -> None:
         """The id range of a failing call's first integer input, on real tensors only."""
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             ints = [
                 t
                 for t in tensors_in(args)
@@ -187,8 +237,6 @@ class Recorder:
                 and 0 < first.numel() <= 10**8
             ):
                 self.value_ranges[row] = (int(first.min()), int(first.max()))
-        finally:
-            self.busy = busy
 
     def _add(self, row: Row) -> int:
         self.rows.append(row)
@@ -196,8 +244,6 @@ class Recorder:
 
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.busy:
-            return
         parent = self.stack[-1] if self.stack else None
         owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
         params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
@@ -207,6 +253,7 @@ class Recorder:
             inputs=self.infos((args, kwargs)), params=params, trainable=trainable,
             summary=describe_module(module), parent=parent.row if parent else None,
             flops_start=self._flops_now(),
+            uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         ))  # fmt: skip
         self.module_at[row] = module
         records = not type(module).__module__.startswith("torch.")
@@ -215,8 +262,6 @@ class Recorder:
     def post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        if self.busy:
-            return
         position = self._frame_of(module)
         if position is None:
             return
@@ -240,8 +285,10 @@ class Recorder:
 
     # -- functional ops -------------------------------------------------------------------------
     def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._input_storages:
+            self._guard_input(func, args, kwargs)
         frame = self.stack[-1] if self.stack else None
-        if self.busy or frame is None or not frame.records_functions:
+        if frame is None or not frame.records_functions:
             return func(*args, **kwargs)
         name = function_name(func)
         if name in _BOOKKEEPING:
@@ -252,14 +299,21 @@ class Recorder:
         source = caller_source(skip=3)
         arguments = describe_arguments(args, kwargs, func)
         rewrite = self.rewrites.get((source or "", name))
+        given = self.infos((args, kwargs))
+        self.read.update(
+            id(t)
+            for t in tensors_in((args, kwargs))
+            if t.requires_grad or isinstance(t, nn.Parameter)
+        )  # weights read directly: F.linear(x, w)
         row = Row(
             path=frame.path, kind="function", type=name, depth=len(self.stack),
-            inputs=self.infos((args, kwargs)), params=0, trainable=0,
+            inputs=given, params=0, trainable=0,
             summary=f"{name}({arguments})", parent=frame.row, source=source, arguments=arguments,
             flops_start=self._flops_now(),
+            uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         )  # fmt: skip
         try:
-            result = rewrite(args, kwargs) if rewrite else func(*args, **kwargs)
+            result = rewrite(func, args, kwargs) if rewrite else func(*args, **kwargs)
         except Exception as error:
             row.failed = True
             self._flops_end(row)
@@ -293,9 +347,13 @@ class FunctionMode(TorchFunctionMode):
 
 @contextmanager
 def hooks(modules: list[nn.Module], recorder: Recorder) -> Iterator[None]:
+    """Both hooks on every module; a TorchScript submodule cannot take hooks (its calls then
+    show as the ops of the module that calls it)."""
     handles = []
     try:
         for module in modules:
+            if isinstance(module, torch.jit.ScriptModule):
+                continue
             handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(
                 recorder.post_hook, with_kwargs=True, always_call=True))  # fmt: skip
@@ -303,6 +361,11 @@ def hooks(modules: list[nn.Module], recorder: Recorder) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    """The address of the memory behind ``tensor``: shared by every view of it."""
+    return int(tensor.untyped_storage()._cdata)
 
 
 def owned_counts(modules: list[nn.Module]) -> dict[int, tuple[int, int]]:

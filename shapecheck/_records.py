@@ -107,6 +107,8 @@ class Layer:
     source: str | None = None
     arguments: str = ""
     flops: int | None = None
+    #: calls inside this one that do work but have no FLOPs formula: ``flops`` is then a floor
+    flops_uncounted: int = 0
 
     @property
     def input_shapes(self) -> list[Shape]:

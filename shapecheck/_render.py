@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -29,6 +29,7 @@ __all__ = [
     "SCREEN",
     "WIDTH",
     "Options",
+    "flops_text",
     "plan_text",
     "render_report",
     "render_table",
@@ -84,12 +85,29 @@ def _tokens(many: Sequence[Shape]) -> tuple[str, ...]:
     return out or ("—",)
 
 
+_SI = (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3))
+
+
 def _si(n: int) -> str:
     """``950``, ``1.51M``, ``8.18G``: three digits, so the column stays narrow."""
-    for unit, scale in (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(n)
+    return next((f"{n / scale:.3g}{unit}" for unit, scale in _SI if n >= scale), str(n))
+
+
+def flops_text(total: int, uncounted: Mapping[str, int]) -> str:
+    """The total FLOPs as text; with ops left uncounted, a lower bound that names them.
+
+    Example:
+        >>> flops_text(10_485_760, {"mkldnn_rnn_layer": 2})
+        '≥ 10.5 MFLOPs; not counted: mkldnn_rnn_layer (2 calls)'
+        >>> flops_text(950, {})
+        '950 FLOPs'
+    """
+    scaled = next((f"{total / s:.3g} {unit}" for unit, s in _SI if total >= s), f"{total} ")
+    if not uncounted:
+        return f"{scaled}FLOPs"
+    ops = ", ".join(f"{name} ({calls} call{'' if calls == 1 else 's'})"
+                    for name, calls in sorted(uncounted.items()))  # fmt: skip
+    return f"≥ {scaled}FLOPs; not counted: {ops}"
 
 
 def _name(row: Row) -> str:
@@ -115,7 +133,7 @@ def _params(row: Row, tied: set[str]) -> str:
 def _flops(layer: Layer) -> str:
     if layer.flops is None or (layer.kind == "function" and not layer.flops):
         return ""
-    return _si(layer.flops)
+    return ("≥" if layer.flops_uncounted else "") + _si(layer.flops)
 
 
 def _cells(report: Report, row: Row, marks: dict[int, str], options: Options) -> _Cells:
@@ -306,7 +324,9 @@ def render_totals(report: Report, options: Options | None = None) -> str:
         buffers = [f"{count(report.buffer_count)} values", nbytes(report.buffer_bytes)]
         lines.append(f"buffers    {_glued(buffers)}")
     if report.total_flops is not None:
-        lines.append(f"flops      {count(report.total_flops)} forward")
+        uncounted = report.flops_uncounted or {}
+        exact = f"{count(report.total_flops)} forward" if not uncounted else ""
+        lines.append(f"flops      {exact or flops_text(report.total_flops, uncounted)}")
     if report.training_memory is not None:
         lines.append(_memory_line(report.training_memory))
     output = shapes(report.output_shapes) if report.ok else "— (the forward raised)"

@@ -23,7 +23,7 @@ __all__ = [
 
 #: Every non-ASCII character shapecheck writes itself, and what it becomes in ASCII.
 GLYPHS = {"─": "-", "→": "->", "✗": "x", "·": ".", "—": "-", "…": "...", "×": "x", "≈": "~",
-          "⋮": ":", "↑": "^"}  # fmt: skip
+          "⋮": ":", "↑": "^", "≥": ">=", "≤": "<="}  # fmt: skip
 _ASCII = str.maketrans(GLYPHS)
 
 

@@ -8,11 +8,12 @@ raises; it never diagnoses and never prints.
 from __future__ import annotations
 
 import gc
+import random
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,13 +24,15 @@ from torch._subclasses.fake_tensor import (
 )
 
 from ._dry import DryRun, available, is_meta_model
-from ._flops import FlopCounter
 from ._inputs import realise
 from ._memory import SavedTensors
 from ._paths import PathIndex
 from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
 from ._source import traceback_source
+
+if TYPE_CHECKING:
+    from ._flops import FlopCounter
 
 __all__ = [
     "FAKE_LIMITS", "REAL_RUN_BYTES", "Rewrite", "Trace", "activation_bytes", "gc_paused",
@@ -72,6 +75,12 @@ class Trace:
     saved: SavedTensors | None = None
     fallback: str | None = None
     unconfirmed: bool = False
+    #: samples in the model's first input: a tensor's leading dim, a list's length
+    batch: int | None = None
+    #: the same of the model's output (None when it failed or holds no tensor)
+    output_batch: int | None = None
+    #: ids of the model's weights that a functional call was given (``F.linear(x, self.w)``)
+    weights_read: frozenset[int] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -93,14 +102,21 @@ def gc_paused() -> Iterator[None]:
 
 
 class _Restore:
-    """Training flags, buffers and RNG state, put back exactly as found."""
+    """Training flags, buffers, the RNG states (torch's and Python's ``random``) and the
+    recursion limit, put back exactly as found."""
 
-    def __init__(self, model: nn.Module, buffers: bool) -> None:
-        self.flags = [(m, m.training) for m in model.modules()]
-        self.buffers = [(b, b.detach().clone()) for b in model.buffers()] if buffers else []
+    def __init__(self, modules: list[nn.Module], buffers: bool, depth: int) -> None:
+        self.flags = [(m, m.training) for m in modules]
+        self.buffers = [(b, b.detach().clone()) for m in modules for b in m._buffers.values()
+                        if b is not None] if buffers else []  # fmt: skip
         self.cpu_rng = torch.get_rng_state()
         cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
         self.cuda_rng = torch.cuda.get_rng_state_all() if cuda_ready else None
+        self.python_rng = random.getstate()
+        self.limit = sys.getrecursionlimit()
+        # a hooked module call takes 4 frames (3 without hooks): nesting as deep as PyTorch
+        # itself runs must not hit the limit because of the hooks
+        sys.setrecursionlimit(max(self.limit, self.limit + 2 * depth))
 
     def __call__(self) -> None:
         for module, training in self.flags:
@@ -111,6 +127,8 @@ class _Restore:
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
+        random.setstate(self.python_rng)
+        sys.setrecursionlimit(self.limit)
 
 
 @gc_paused()  # the whole trace, set-up and records included
@@ -199,6 +217,18 @@ def activation_bytes(trace: Trace) -> int:
     return leaves + sum(t.nbytes for t in trace.inputs)
 
 
+def _batch_of(args: tuple[Any, ...]) -> int | None:
+    """The samples in the first input: a tensor's leading dim, or how many tensors a list of
+    them holds (detection models take a list of images)."""
+    first = args[0] if args else None
+    if isinstance(first, torch.Tensor):
+        return int(first.shape[0]) if first.dim() else None
+    if isinstance(first, (list, tuple)) and first and all(isinstance(t, torch.Tensor)
+                                                          for t in first):  # fmt: skip
+        return len(first)
+    return None
+
+
 def _same_place(real: Trace, dry: Trace) -> bool:
     return (
         real.failure is not None
@@ -224,15 +254,14 @@ def _run_once(
     flops: bool,
     saved: bool,
 ) -> Trace:
-    modules = list(model.modules()) + list((extra or {}).values())
+    paths = PathIndex(model, extra)  # the one walk of the model; the rest reuse it
+    modules = [m for _, m in paths.named] + list((extra or {}).values())
     dry = DryRun(device) if dry_run else None
-    counter = FlopCounter() if flops else None
+    counter = _counter() if flops else None
     saving = SavedTensors(model) if saved else None
-    recorder = Recorder(
-        PathIndex(model, extra), owned_counts(modules),
-        dry.device_alias if dry else {}, rewrites or {},
-    )  # fmt: skip
-    restore = _Restore(model, buffers=not dry_run)
+    recorder = Recorder(paths, owned_counts(modules), dry.device_alias if dry else {},
+                        rewrites or {})  # fmt: skip
+    restore = _Restore(modules, buffers=not dry_run, depth=paths.depth)
     output: Any = None
     error: Exception | None = None
     model_inputs: tuple[TensorInfo, ...] = ()
@@ -257,23 +286,40 @@ def _run_once(
         error = exc
     finally:
         restore()
+        recorder.restore_inputs()
     trace = _finish(model, recorder, model_inputs, output, error, dry_run)
     trace.flops, trace.saved = counter, saving
+    trace.batch = _batch_of(args)
+    trace.output_batch = _batch_of((output,)) if error is None else None
+    originals = dry.originals if dry is not None else {}
+    trace.weights_read = frozenset(originals.get(key, key) for key in recorder.read)
     if dry is not None and dry.target is not None:
         trace.weights_on = dry.device_alias.get(dry.target.type, str(dry.target))
     return trace
 
 
+def _counter() -> FlopCounter:
+    """A FLOP counter (its formulas are loaded only when FLOPs are asked for)."""
+    from ._flops import FlopCounter
+
+    return FlopCounter()
+
+
 def _eager() -> AbstractContextManager[Any]:
     """Compiled submodules run eagerly while traced: hooks and fake tensors see every layer,
-    and nothing is compiled just to be explained (``set_stance`` exists from torch 2.6).
+    and nothing is compiled just to be explained (``set_stance("force_eager")`` from torch
+    2.6; before it, dynamo's ``disable`` setting, which compiles no frame while it is set).
 
-    Without torch._dynamo imported nothing can be compiled, and entering the stance would
+    Without torch._dynamo imported nothing can be compiled, and entering either would
     import it (about 75 MiB and a slow first call), so then there is nothing to do.
     """
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    if set_stance is None or "torch._dynamo" not in sys.modules:
+    if "torch._dynamo" not in sys.modules:
         return nullcontext()
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        patched: AbstractContextManager[Any] = sys.modules["torch._dynamo"].config.patch(
+            disable=True)  # fmt: skip
+        return patched
     stance: AbstractContextManager[Any] = set_stance("force_eager")
     return stance
 
@@ -290,7 +336,7 @@ def _finish(
         Layer(index=i, path=r.path, kind=r.kind, type=r.type, depth=r.depth,  # type: ignore[arg-type]
               inputs=r.inputs, outputs=r.outputs, params=r.params, trainable=r.trainable,
               summary=r.summary, parent=r.parent, failed=r.failed, source=r.source,
-              arguments=r.arguments, flops=r.flops)
+              arguments=r.arguments, flops=r.flops, flops_uncounted=r.flops_uncounted)
         for i, r in enumerate(recorder.rows)
     ]  # fmt: skip
     failure = None if error is None else _failure(model, recorder, layers, inputs, error)
