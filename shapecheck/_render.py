@@ -263,10 +263,15 @@ def _header(flops: bool) -> _Cells:
 
 
 def _table(
-    report: Report, rows: list[Row], options: Options, gap: tuple[int, int] = (-1, 0)
+    report: Report,
+    rows: list[Row],
+    options: Options,
+    gap: tuple[int, int] = (-1, 0),
+    warnings: bool = True,
 ) -> list[str]:
-    """Header, rule and rows; ``gap`` (position, rows left out) says where rows were left out."""
-    marks = _marked(report)
+    """Header, rule and rows; ``gap`` (position, rows left out) says where rows were left out,
+    ``warnings`` whether the rows warnings are about get a line saying so."""
+    marks = _marked(report) if warnings else {}
     cells = [_cells(report, row, marks, options) for row in rows]
     header = _header(report.total_flops is not None)
     layout = _layout([header, *cells], options.width, report.total_flops is not None)
@@ -296,10 +301,13 @@ def _window(rows: list[Row], layers: list[Layer]) -> tuple[list[Row], tuple[int,
 def render_table(report: Report, options: Options | None = None) -> str:
     """The layer table: path and type, input and output shapes, parameters owned directly.
 
-    Without options: every call, 100 columns (what ``shape_snapshot`` stores)."""
+    Without options: every call, 100 columns, no warning marks: the model's structure, what
+    ``shape_snapshot`` stores."""
+    snapshot = options is None
     options = options or Options(fold=False)
     rows = visible_rows(report.layers, depth=options.depth, fold=options.fold)
-    return "\n".join(_table(report, rows, options) + _footnotes(report, options))
+    table = _table(report, rows, options, warnings=not snapshot)
+    return "\n".join(table + _footnotes(report, options))
 
 
 def _footnotes(report: Report, options: Options) -> list[str]:
