@@ -176,6 +176,7 @@ def _after_cell(result: Any) -> None:
 def _excepthook(etype: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
     """``sys.excepthook`` outside IPython: the explanation as a note, then the usual traceback."""
     previous = _STATE.excepthook or sys.__excepthook__
+    found = None
     try:
         found = explain_error(value)
         if found is not None:

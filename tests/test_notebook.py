@@ -46,6 +46,8 @@ CELLS = [
     "%shapecheck model img.unsqueeze(0)",
     "%shapecheck model input_sizes=(1, 3, 32, 32)",
     "fixed = _.diagnoses[0].apply(model)\nfixed(img.unsqueeze(0)).shape",
+    "from torch.nn.modules import module\n"
+    "len(module._global_forward_pre_hooks), len(module._global_forward_hooks)",
     "%unload_ext shapecheck\nmodel(img.unsqueeze(0))",
 ]
 
@@ -103,12 +105,14 @@ def test_the_magic_explains_and_its_usage_errors_are_one_line(executed):
 
 
 def test_after_unload_a_failing_cell_shows_only_its_traceback(executed):
-    assert _kinds(executed[7]) == ["error"]
+    assert _kinds(executed[8]) == ["error"]
 
 
-def test_cells_that_work_show_nothing_more(executed):
+def test_cells_that_work_show_nothing_more_and_no_module_is_hooked(executed):
     assert executed[0] == []
     assert executed[1] == []
+    (hooks,) = executed[7]  # loaded, and still nothing runs per module call
+    assert hooks["data"]["text/plain"] == "(0, 0)"
 
 
 def test_enable_in_a_script_adds_the_explanation_after_the_traceback(tmp_path):
