@@ -168,8 +168,13 @@ class Recorder:
         Our own reads of ``.shape``/``.dtype`` must not go through the function mode (a hot
         spot: ~10 such reads per module call), so torch-function dispatch is off meanwhile.
         """
+        return self.infos_of(tensors_in(obj), made_by)
+
+    def infos_of(
+        self, tensors: list[torch.Tensor], made_by: int | None = None
+    ) -> tuple[TensorInfo, ...]:
         with _ours():
-            return tuple(self._info(t, made_by) for t in tensors_in(obj))
+            return tuple([self._info(t, made_by) for t in tensors])
 
     def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
         key = self._key(t)
@@ -299,12 +304,12 @@ class Recorder:
         source = caller_source(skip=3)
         arguments = describe_arguments(args, kwargs, func)
         rewrite = self.rewrites.get((source or "", name))
-        given = self.infos((args, kwargs))
-        self.read.update(
-            id(t)
-            for t in tensors_in((args, kwargs))
-            if t.requires_grad or isinstance(t, nn.Parameter)
-        )  # weights read directly: F.linear(x, w)
+        tensors = tensors_in((args, kwargs))
+        given = self.infos_of(tensors)
+        with _ours():  # weights read directly, F.linear(x, self.w): require grad or are Parameters
+            self.read.update(
+                id(t) for t in tensors if t.requires_grad or isinstance(t, nn.Parameter)
+            )
         row = Row(
             path=frame.path, kind="function", type=name, depth=len(self.stack),
             inputs=given, params=0, trainable=0,
