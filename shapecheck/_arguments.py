@@ -10,6 +10,7 @@ not take is a ``UsageError`` before anything runs: one close to an ``explain`` k
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -18,12 +19,17 @@ from torch import nn
 
 from ._errors import UsageError
 
-__all__ = ["EXPLAIN_KEYWORDS", "check_arguments"]
+__all__ = ["check_arguments", "explain_keywords"]
 
-EXPLAIN_KEYWORDS = (
-    "input_size", "dtypes", "device", "depth", "fold", "dry_run", "loss_fn", "target", "flops",
-    "optimizer",
-)  # fmt: skip
+
+@functools.cache
+def explain_keywords() -> tuple[str, ...]:
+    """explain's own keyword names, read from its signature (so they never drift apart)."""
+    from ._explain import explain
+
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = inspect.signature(explain).parameters.items()
+    return tuple(n for n, p in params if p.kind in kinds and n != "model")
 
 
 def check_arguments(
@@ -78,7 +84,7 @@ def _check_keywords(
     for key in forward_kwargs:
         if key in named:
             continue
-        close = difflib.get_close_matches(key, EXPLAIN_KEYWORDS, n=1, cutoff=0.7)
+        close = difflib.get_close_matches(key, explain_keywords(), n=1, cutoff=0.7)
         if close:
             raise UsageError(
                 f"explain() has no keyword {key}=; did you mean {close[0]}=? (keywords that "
@@ -88,7 +94,7 @@ def _check_keywords(
         if not takes_any:
             raise UsageError(
                 f"{name}.forward{signature} takes no keyword {key!r}; explain's own keywords "
-                f"are {', '.join(EXPLAIN_KEYWORDS)}."
+                f"are {', '.join(explain_keywords())}."
             )
 
 

@@ -149,12 +149,9 @@ def _explained(error: BaseException) -> bool:
 
 def _passable(kwargs: dict[str, Any]) -> bool:
     """Keyword arguments ``explain`` can pass on (none of them is one of its own names)."""
-    import inspect
+    from ._arguments import explain_keywords
 
-    from ._explain import explain
-
-    own = set(inspect.signature(explain).parameters) - {"inputs", "forward_kwargs"}
-    return not own & set(kwargs)
+    return not set(explain_keywords()) & set(kwargs)
 
 
 def _after_cell(result: Any) -> None:
