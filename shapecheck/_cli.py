@@ -1,4 +1,5 @@
-"""The command line: ``shapecheck explain FILE.py:NAME --input 1,3,32,32`` and ``shapecheck demo``.
+"""The command line: ``shapecheck explain FILE.py:NAME --input 1,3,32,32``,
+``shapecheck contract FILE.py:NAME --input 4,3,32,32 --spec "B 3 H W"`` and ``shapecheck demo``.
 
 Exit status: 0 when the model runs, 1 when its forward fails, 2 on usage errors (and on errors
 while loading the file or building the model), 3 when shapecheck itself failed.
@@ -34,6 +35,7 @@ examples:
   shapecheck explain model.py:build --input '(8, 3, 224, 224)' --dry-run
   shapecheck explain model.py:model --input 2,16 --input 2,16 --dtype int64 --json
   shapecheck explain model.py:Net --input 1,3,32,32 --width 80 --depth 1
+  shapecheck contract model.py:Net --input 4,3,32,32 --spec 'B 3 H W'
 
 NAME is a module instance, an nn.Module class that takes no arguments, or a function of no
 arguments returning a module (or a (module, example_inputs) pair, then --input may be left out).
@@ -94,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
         help="text width (default: the terminal's, or 100 for files and pipes)",
     )
     explain.add_argument("--json", action="store_true", help="print the report as JSON")
+    contract = commands.add_parser("contract", help="every layer's shape as a formula of the "
+                                   "input's symbols, and the sizes the model accepts")  # fmt: skip
+    contract.add_argument("target", metavar="FILE.py:NAME",
+                          help="a module instance, a class or a factory in FILE.py")  # fmt: skip
+    contract.add_argument("--input", action="append", default=[], metavar="SHAPE",
+                          help="the example's shape (repeat for several inputs)")  # fmt: skip
+    contract.add_argument("--spec", action="append", default=[], metavar="'B 3 H W'",
+                          help="a spec per --input: symbols vary, integers are fixed")  # fmt: skip
+    contract.add_argument("--dtype", action="append", default=[], help="dtype per --input")
+    contract.add_argument("--json", action="store_true", help="print the contract as JSON")
     commands.add_parser("demo", help="explain the seed's broken CIFAR-2 CNN, then the fixed one")
     return parser
 
@@ -222,6 +234,28 @@ def _explain(ns: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _contract(ns: argparse.Namespace) -> int:
+    from ._contract import contract
+
+    model, args = _load(ns.target)
+    shapes = [_shape(text) for text in ns.input]
+    if not ns.spec:
+        raise UsageError("give the spec, e.g. --spec 'B 3 H W' (symbols vary, integers are fixed).")
+    if shapes and len(shapes) != len(ns.spec):
+        raise UsageError(
+            f"give one --spec per --input ({len(shapes)} inputs, {len(ns.spec)} specs)."
+        )
+    example: Any = (shapes[0] if len(shapes) == 1 else shapes) if shapes else list(args)
+    if not shapes and not args:
+        raise UsageError("give the example's shape, e.g. --input 4,3,32,32.")
+    dtype = (ns.dtype[0] if len(ns.dtype) == 1 else ns.dtype) if ns.dtype else None
+    spec = ns.spec[0] if len(ns.spec) == 1 else list(ns.spec)
+    found = contract(model, spec, example[0] if isinstance(example, list) and len(example) == 1
+                     else example, dtype=dtype)  # fmt: skip
+    print(json.dumps(found.to_dict(), indent=2) if ns.json else found)
+    return 0
+
+
 def _demo() -> int:
     import torch
 
@@ -255,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.command == "explain" and ns.width is not None and ns.width < 40:
             raise UsageError(f"--width {ns.width}: at least 40 columns.")
+        if ns.command == "contract":
+            return _contract(ns)
         return _demo() if ns.command == "demo" else _explain(ns)
     except UsageError as error:
         print(f"shapecheck: error: {_for_the_command_line(str(error))}", file=sys.stderr)
