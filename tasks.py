@@ -4,6 +4,7 @@
     python3 tasks.py demo               explain the seed's broken CNN, then the fixed one
     python3 tasks.py test [pytest args] run the test suite (in .venv)
     python3 tasks.py lint               ruff (lint + format check) and mypy (in .venv)
+    python3 tasks.py screenshot         docs/notebook.png, the README's picture (needs chromium)
     python3 tasks.py compat 2.4.1 [pytest args]
                                         the whole suite on another torch, in .venv-torch-2.4.1
     python3 tasks.py floor              the floor smoke: the oldest torch pyproject.toml
@@ -24,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-EXTRAS = {"demo": "examples", "test": "test,examples,zoo", "lint": "test,examples,zoo,dev"}
+EXTRAS = {"demo": "examples", "test": "test,examples,zoo", "lint": "test,examples,zoo,dev",
+          "screenshot": "notebook"}  # fmt: skip
 
 #: What the floor smoke runs on the oldest admitted torch: import and demo, and the core of
 #: explain, the diagnoses and their fixes, shapecheck.testing, clarify and the CLI. The whole
@@ -33,7 +35,7 @@ FLOOR_SMOKE = (
     "tests/test_api.py", "tests/test_compat.py", "tests/test_seed.py", "tests/test_explain.py",
     "tests/test_rules.py", "tests/test_repair.py", "tests/test_apply.py",
     "tests/test_testing.py", "tests/test_clarify.py", "tests/test_cli.py",
-    "tests/test_no_surprises.py",
+    "tests/test_no_surprises.py", "tests/test_notebook.py",
 )  # fmt: skip
 
 
@@ -104,6 +106,8 @@ def main(argv: list[str]) -> int:
         return _run(python, "-m", "shapecheck", "demo", *rest)
     if command == "lint":
         return _lint(python)
+    if command == "screenshot":
+        return _run(python, ROOT / "scripts" / "screenshot.py", *rest)
     return _run(python, "-m", "pytest", *rest)
 
 

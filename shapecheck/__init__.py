@@ -13,6 +13,7 @@ if _typing.TYPE_CHECKING:
     from ._clarify import clarify
     from ._contract import Contract, contract
     from ._explain import explain
+    from ._notebook import disable, enable
     from ._records import Diagnosis, Failure, Layer, Outcome, Step, TensorInfo, TrainingMemory
     from ._report import Report
 
@@ -23,17 +24,21 @@ _LAZY = {
     "explain": "._explain", "Report": "._report",
     "Diagnosis": "._records", "Failure": "._records", "Layer": "._records",
     "TensorInfo": "._records", "TrainingMemory": "._records", "Outcome": "._records",
-    "Step": "._records", "apply_fix": "._apply",
+    "Step": "._records", "apply_fix": "._apply", "enable": "._notebook", "disable": "._notebook",
 }  # fmt: skip
+# IPython's extension protocol (``%load_ext shapecheck``): found by name, not public API
+_HOOKS = {"load_ipython_extension": "._notebook", "unload_ipython_extension": "._notebook"}
 
 
 def __getattr__(name: str) -> object:
-    if name not in _LAZY:
+    where = _LAZY.get(name) or _HOOKS.get(name)
+    if where is None:
         raise AttributeError(f"module 'shapecheck' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value  # cache: later lookups skip __getattr__
+    value = getattr(importlib.import_module(where, __name__), name)
+    if name in _LAZY:
+        globals()[name] = value  # cache: later lookups skip __getattr__
     return value
 
 
@@ -44,7 +49,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "Contract", "Diagnosis", "Failure", "Layer", "Outcome", "Report", "ShapeError",
     "ShapecheckError", "Step", "TensorInfo", "TrainingMemory", "UsageError", "apply_fix",
-    "clarify", "contract", "explain",
+    "clarify", "contract", "disable", "enable", "explain",
 ]  # fmt: skip
 
 __version__ = "0.1.0"

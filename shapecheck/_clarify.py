@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from contextlib import ContextDecorator
 from typing import Any
@@ -10,9 +11,10 @@ from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from ._report import Report, add_note
+from ._records import Step
+from ._report import Report, add_note, output_width, stream_encodes
 
-__all__ = ["clarify", "could_not_explain"]
+__all__ = ["clarify", "could_not_explain", "explanation_note", "replay"]
 
 
 class clarify(ContextDecorator):
@@ -90,9 +92,9 @@ class clarify(ContextDecorator):
         self._busy = True
         try:
             for module, args in _unique(calls):
-                report = _replay(module, args, error)
+                report = replay(module, args, {}, error)
                 if report is not None:
-                    add_note(error, "shapecheck: the forward pass, layer by layer\n" + str(report))
+                    add_note(error, explanation_note(report, error))
                     return
         except Exception as inner:  # the note must never replace the user's own error
             add_note(error, could_not_explain(inner))
@@ -124,19 +126,51 @@ def _unique(
     return list(first.values())
 
 
-def _replay(module: nn.Module, args: tuple[Any, ...], error: Exception) -> Report | None:
-    """The report of ``module(*args)`` if it raises ``error`` again (dry first, then real)."""
+def replay(
+    module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], error: BaseException
+) -> Report | None:
+    """The report of ``module(*args, **kwargs)`` if that raises ``error`` again, else None.
+
+    It runs for real first: the user's own tensors, so the report quotes the message they got
+    and says "real forward". When a real replay raises something else (out of memory with the
+    failed forward still held, say), fake tensors replay the shapes, and the report is put in
+    the user's words: their exception and PyTorch's message for it.
+    """
     from ._explain import explain
 
-    report = explain(module, *args, dry_run=True)
-    if report.failure is not None and type(report.failure.exception) is not type(error):
-        report = explain(module, *args)  # fake tensors could not replay this op
+    report = explain(module, *args, **kwargs)
     failure = report.failure
-    if failure is None or type(failure.exception) is not type(error):
+    if failure is not None and type(failure.exception) is type(error):
+        if report.dry_run:  # a meta model or meta inputs: fake tensors were all there was
+            return in_users_words(report, error)
+        return report if str(failure.exception) == str(error) else None
+    dry = explain(module, *args, dry_run=True, **kwargs)
+    if dry.failure is None or type(dry.failure.exception) is not type(error):
         return None
-    if not report.dry_run and str(failure.exception) != str(error):
-        return None
-    return report
+    return in_users_words(dry, error)
+
+
+def in_users_words(report: Report, error: BaseException) -> Report:
+    """``report`` with the user's own exception, and its message wherever PyTorch is quoted."""
+    assert report.failure is not None
+    theirs = dataclasses.replace(report.failure, exception=error)
+    said, says = report.failure.message, theirs.message
+
+    def step(item: Step) -> Step:
+        evidence = tuple((label, says if label == "PyTorch" and text == said else text)
+                         for label, text in item.evidence)  # fmt: skip
+        return dataclasses.replace(item, evidence=evidence)
+
+    diagnoses = [dataclasses.replace(d, plan=tuple(step(s) for s in d.plan))
+                 for d in report.diagnoses]  # fmt: skip
+    return dataclasses.replace(report, failure=theirs, diagnoses=diagnoses)
+
+
+def explanation_note(report: Report, error: BaseException) -> str:
+    """The note added to the user's exception: the report, as wide as standard error."""
+    how = "" if not report.dry_run else " (replayed on fake tensors: shapes only)"
+    text = report.render(output_width(sys.stderr), ascii=not stream_encodes(sys.stderr))
+    return f"shapecheck: the forward pass, layer by layer{how}\n{text}"
 
 
 def _tracing() -> bool:

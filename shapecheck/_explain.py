@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from ._advise import warn
+from ._arguments import check_arguments
 from ._dry import available, is_meta_model
 from ._errors import UsageError
 from ._inputs import make_inputs, parse_device, require_module, unwrapped
 from ._loss import loss_hooks, loss_module
 from ._memory import check_optimizer, training_memory
-from ._params import param_totals
+from ._params import param_totals, tied_params
 from ._records import Diagnosis
 from ._report import Report
 from ._trace import Trace, gc_paused, run_trace
@@ -32,6 +33,7 @@ def explain(
     dtypes: Any = None,
     device: str | torch.device | None = None,
     depth: int | None = None,
+    fold: bool = True,
     dry_run: bool = False,
     loss_fn: Any = None,
     target: Any = None,
@@ -52,6 +54,8 @@ def explain(
         device: where to place the inputs; with ``dry_run`` it may name a device this machine
             lacks (``"cuda"``), which is then simulated.
         depth: fold table rows deeper than this when printing.
+        fold: fold repeated blocks into one ``×N`` row when printing, and show the inside of
+            each class once (``False``: every call gets a row; ``report.render`` can change it).
         dry_run: run on fake tensors: no activation memory, no compute. Inputs made from
             ``input_size`` hold no memory either, and a ``meta`` input stands for one of its
             shape. Ops that need values (``.item()``) make it run for real on example data.
@@ -64,7 +68,9 @@ def explain(
             in ``report.flops_uncounted``, and the total is then shown as a lower bound.
         optimizer: ``"sgd"``, ``"sgd-momentum"``, ``"adam"`` or ``"adamw"``: run with
             autograd on and estimate one training step's memory (``report.training_memory``).
-        **forward_kwargs: keyword arguments for the model's forward.
+        **forward_kwargs: keyword arguments for the model's forward. A name that forward does
+            not take is a UsageError (the closest of explain's own keywords is suggested), so a
+            misspelled ``input_sizes=`` never reaches the model.
 
     Example:
         >>> import torch, shapecheck
@@ -77,11 +83,14 @@ def explain(
         (False, '6', 'missing-flatten')
     """
     model = _eager(unwrapped(require_module(model)))
+    flags = {"dry_run": dry_run, "flops": flops, "fold": fold}
+    check_arguments(model, inputs, forward_kwargs, input_size=input_size, flags=flags,
+                    loss_fn=loss_fn, target=target)  # fmt: skip
     loss = loss_module(loss_fn)
     where = parse_device(device)
     _check_depth(depth)
     optimizer = check_optimizer(optimizer)
-    dry_run = bool(dry_run) or is_meta_model(model)
+    dry_run = dry_run or is_meta_model(model)
     args, kwargs = _inputs(inputs, forward_kwargs, input_size, dtypes, where, dry_run)
     traced = _traceable(model)
     trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=flops,
@@ -101,6 +110,7 @@ def explain(
         training_memory=None if trace.saved is None or optimizer is None
         else training_memory(traced, trace.saved, optimizer),
         fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=reruns,
+        fold=fold, tied=tied_params(traced),
     )  # fmt: skip
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -149,6 +151,7 @@ def make_inputs(
 def _check_input(item: object, where: str, shapes_meant: bool = True) -> None:
     if isinstance(item, (torch.Tensor, *_PASS_THROUGH)):
         return
+    _check_learner_input(item, where)
     if type(item).__module__ == "numpy":
         raise UsageError(
             f"{where} is a numpy {type(item).__name__}; convert it with torch.from_numpy(x) "
@@ -172,6 +175,41 @@ def _check_input(item: object, where: str, shapes_meant: bool = True) -> None:
             _check_input(value, f"{where}[{position}]", shapes_meant)
 
 
+def _is_label(value: object) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not value.dtype.is_floating_point
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(item: object, depth: int = 0) -> int:
+    """How deep ``item`` nests lists of numbers (0: not numbers at all)."""
+    if isinstance(item, (int, float)) and not isinstance(item, bool):
+        return depth
+    if isinstance(item, (list, tuple)) and item and depth < 8:
+        inner = [_numbers(v, depth + 1) for v in item]
+        return max(inner) if all(inner) else 0
+    return 0
+
+
+def _check_learner_input(item: object, where: str) -> None:
+    """What learners pass by mistake: a dataset item ``(img, label)``, lists of numbers."""
+    if isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor) \
+            and _is_label(item[1]):  # fmt: skip
+        dims = tuple(item[0].shape)
+        raise UsageError(
+            f"{where} is an (input, label) pair, as a dataset item is: a tensor {dims} and "
+            f"the label {item[1]!r}. Pass the input alone, with a batch dim: "
+            "img, label = dataset[0]; explain(model, img.unsqueeze(0)) (or a batch from your "
+            "DataLoader: imgs, labels = next(iter(loader)); explain(model, imgs))."
+        )
+    depth = _numbers(item)
+    if depth > 1 or (depth == 1 and any(isinstance(v, float) for v in item)):  # type: ignore[attr-defined]
+        raise UsageError(
+            f"{where} is a nested list of numbers, not a tensor; make one: "
+            "torch.tensor(data, dtype=torch.float32) (or pass its shape as input_size=...)."
+        )
+
+
 def _to_device(item: object, device: torch.device) -> object:
     if isinstance(item, torch.Tensor):
         return item if device.type == "meta" and item.device == device else item.to(device)
@@ -187,11 +225,16 @@ def _to_device(item: object, device: torch.device) -> object:
 def _from_sizes(input_size: object, dtypes: object, device: torch.device | None) -> tuple[Any, ...]:
     sizes = _parse_sizes(input_size)
     dtype_list = _parse_dtypes(dtypes, len(sizes))
+    if device is None or device.type != "meta":
+        _check_allocatable(sizes, dtype_list, device)
     generator = torch.Generator().manual_seed(0)  # never touches the global RNG
-    return tuple(
-        _example(size, dtype, generator, device)
-        for size, dtype in zip(sizes, dtype_list, strict=True)
-    )
+    try:
+        return tuple(
+            _example(size, dtype, generator, device)
+            for size, dtype in zip(sizes, dtype_list, strict=True)
+        )
+    except (MemoryError, RuntimeError) as error:  # the allocator refused: the same advice
+        raise UsageError(_too_big(sizes, _bytes(sizes, dtype_list), None, device)) from error
 
 
 def _example(
@@ -208,6 +251,48 @@ def _example(
     else:
         tensor = torch.zeros(size, dtype=dtype)
     return tensor if device is None else tensor.to(device)
+
+
+def memory_of(device: torch.device | None) -> int | None:
+    """Bytes this machine has on ``device`` (free memory of a GPU, all RAM for the CPU)."""
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device is not None and device.type != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        return None
+
+
+def _check_allocatable(
+    sizes: list[tuple[int, ...]], dtypes: list[torch.dtype], device: torch.device | None
+) -> None:
+    """Example inputs larger than the machine: say that a dry run needs no memory for them."""
+    need = _bytes(sizes, dtypes)
+    have = memory_of(device)
+    if have is not None and need > have // 2:
+        raise UsageError(_too_big(sizes, need, have, device))
+
+
+def _bytes(sizes: list[tuple[int, ...]], dtypes: list[torch.dtype]) -> int:
+    return sum(math.prod(s) * torch.empty((), dtype=d).element_size()
+               for s, d in zip(sizes, dtypes, strict=True))  # fmt: skip
+
+
+def _too_big(
+    sizes: list[tuple[int, ...]], need: int, have: int | None, device: torch.device | None
+) -> str:
+    from ._text import nbytes
+
+    shown = ", ".join(str(s) for s in sizes)
+    spare = "could not be allocated" if have is None else \
+        f"is more than this machine can spare ({nbytes(have)} on {device or 'cpu'})"  # fmt: skip
+    return (
+        f"input_size {shown} needs {nbytes(need)} for its example data, which {spare}; pass "
+        "dry_run=True (--dry-run on the command line) to explain the shapes on fake tensors, "
+        "which take no memory."
+    )
 
 
 def realise(obj: Any, device: torch.device | None) -> Any:

@@ -40,6 +40,9 @@ def loss_module(loss_fn: object) -> nn.Module | None:
     """
     if loss_fn is None or isinstance(loss_fn, nn.Module):
         return loss_fn
+    if isinstance(loss_fn, type) and issubclass(loss_fn, nn.Module):
+        name = loss_fn.__name__
+        raise UsageError(f"loss_fn is the class {name}; pass an instance: loss_fn=nn.{name}().")
     if not callable(loss_fn):
         raise UsageError(
             f"loss_fn must be an nn.Module or a function (output, target) -> loss, "

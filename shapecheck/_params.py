@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["ParamTotals", "param_totals"]
+__all__ = ["ParamTotals", "param_totals", "tied_params"]
 
 
 @dataclass(frozen=True)
@@ -34,3 +34,18 @@ def param_totals(model: nn.Module) -> ParamTotals:
         total, trainable, by_dtype,
         sum(b.numel() for b in buffers), sum(b.numel() * b.element_size() for b in buffers),
     )  # fmt: skip
+
+
+def tied_params(model: nn.Module) -> tuple[tuple[str, str, int], ...]:
+    """Parameters one module shares with another (tied weights, or one module registered
+    under two names): ``(path, path that holds them first, how many)``, in module order."""
+    owner: dict[int, str] = {}
+    shared: dict[tuple[str, str], int] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for p in module._parameters.values():
+            if p is None or isinstance(p, nn.parameter.UninitializedParameter):
+                continue
+            first = owner.setdefault(id(p), path)
+            if first != path:
+                shared[path, first] = shared.get((path, first), 0) + p.numel()
+    return tuple((path, first, n) for (path, first), n in shared.items())

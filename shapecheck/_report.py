@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
+from ._errors import UsageError
 from ._records import Diagnosis, Failure, Layer, Shape, TensorInfo, TrainingMemory
 
-__all__ = ["Report"]
+__all__ = ["Report", "add_note", "output_width", "stream_encodes"]
 
 _NOTE_MARK = "shapecheck: "
 
@@ -49,6 +52,10 @@ class Report:
     unconfirmed: bool = False
     #: how many re-runs the repair search made (each a forward of the model with fixes)
     reruns: int = 0
+    #: fold repeated blocks into one ``×N`` row when printing (``explain(..., fold=False)``)
+    fold: bool = True
+    #: parameters shared between modules: (path, the path that owns them first, how many)
+    tied: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -99,15 +106,103 @@ class Report:
 
         return report_to_dict(self)
 
-    def __str__(self) -> str:
-        from ._render import render_report
+    def render(
+        self,
+        width: int | None = None,
+        *,
+        depth: int | None = None,
+        fold: bool | None = None,
+        ascii: bool | None = None,
+    ) -> str:
+        """The report as text, ``width`` columns wide at most.
 
-        return render_report(self)
+        Args:
+            width: columns; by default ``COLUMNS``, else the terminal's width, else 100 (files,
+                pipes, notebooks). At least 40.
+            depth: fold calls deeper than this into their caller (default: the ``depth`` given
+                to ``explain``).
+            fold: fold repeated blocks into one ``×N`` row and show each class's inside once
+                (default: the ``fold`` given to ``explain``, True); False shows every call.
+            ascii: only ASCII characters (``->`` for ``→``); by default, when standard output
+                cannot encode the glyphs.
+
+        Example:
+            >>> import torch, shapecheck
+            >>> report = shapecheck.explain(torch.nn.Linear(4, 2), torch.randn(3, 4))
+            >>> print(report.render(60, ascii=True).splitlines()[3])
+            (root)  Linear(4->2)  (3, 4)  (3, 2)      10
+        """
+        from ._render import Options, render_report
+
+        options = Options(
+            width=_width(width),
+            depth=self.depth if depth is None else _depth(depth),
+            fold=self.fold if fold is None else _flag(fold, "fold"),
+            ascii=not stream_encodes(sys.stdout) if ascii is None else _flag(ascii, "ascii"),
+        )
+        return render_report(self, options)
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def __repr__(self) -> str:
+        from ._render import summary_line
+
+        return f"<Report {summary_line(self)}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """IPython's pretty printer (a REPL, Spyder, a notebook's text/plain): the text report."""
+        printer.text(repr(self) if cycle else self.render())
 
     def _repr_html_(self) -> str:
-        from ._render import render_html
+        from ._html import render_html
 
         return render_html(self)
+
+
+def output_width(stream: IO[str] | None = None) -> int:
+    """Where text goes, how wide: ``COLUMNS``, else the terminal's width, else 100."""
+    from ._render import MIN_WIDTH, WIDTH
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return max(MIN_WIDTH, int(columns))
+    stream = sys.stdout if stream is None else stream
+    try:
+        if stream.isatty():
+            return max(MIN_WIDTH, os.get_terminal_size(stream.fileno()).columns)
+    except (AttributeError, OSError, ValueError):  # no terminal behind it, or a closed stream
+        pass
+    return WIDTH
+
+
+def stream_encodes(stream: IO[str] | None) -> bool:
+    """True when ``stream`` can take the glyphs shapecheck draws."""
+    from ._text import can_encode
+
+    return can_encode(getattr(stream, "encoding", None) or "utf-8")
+
+
+def _width(width: object) -> int:
+    from ._render import MIN_WIDTH
+
+    if width is None:
+        return output_width()
+    if not isinstance(width, int) or isinstance(width, bool) or width < MIN_WIDTH:
+        raise UsageError(f"width must be an int >= {MIN_WIDTH} (columns), got {width!r}.")
+    return width
+
+
+def _depth(depth: object) -> int:
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
+        raise UsageError(f"depth must be None or an int >= 0, got {depth!r}.")
+    return depth
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be True or False, got {value!r}.")
+    return value
 
 
 def add_note(error: BaseException, note: str) -> None:

@@ -110,6 +110,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "fallback": report.fallback,
         "unconfirmed": report.unconfirmed,
         "reruns": report.reruns,
+        "tied": [{"path": p, "shared_with": owner, "params": n} for p, owner, n in report.tied],
         "training_memory": None
         if report.training_memory is None
         else {**asdict(report.training_memory), "total": report.training_memory.total},

@@ -1,11 +1,30 @@
-"""Tiny text helpers shared by messages and tables: shapes as tuples, counts with commas."""
+"""Tiny text helpers shared by messages and tables: shapes as tuples, counts with commas,
+the glyphs and their ASCII stand-ins, notebook cells named as IPython names them."""
 
 from __future__ import annotations
 
+import codecs
 import os
+import re
+import sys
 from collections.abc import Sequence
 
-__all__ = ["count", "nbytes", "shape", "shapes", "short"]
+__all__ = [
+    "GLYPHS",
+    "can_encode",
+    "count",
+    "nbytes",
+    "plural",
+    "shape",
+    "shapes",
+    "short",
+    "to_ascii",
+]
+
+#: Every non-ASCII character shapecheck writes itself, and what it becomes in ASCII.
+GLYPHS = {"─": "-", "→": "->", "✗": "x", "·": ".", "—": "-", "…": "...", "×": "x", "≈": "~",
+          "⋮": ":", "↑": "^", "≥": ">=", "≤": "<="}  # fmt: skip
+_ASCII = str.maketrans(GLYPHS)
 
 
 def shape(dims: Sequence[int]) -> str:
@@ -22,6 +41,15 @@ def count(n: int) -> str:
     return f"{n:,}"
 
 
+def plural(n: int, word: str) -> str:
+    """``1 sample``, ``2 samples``, ``1,024 samples``.
+
+    >>> plural(1, "sample"), plural(3, "row")
+    ('1 sample', '3 rows')
+    """
+    return f"{count(n)} {word}" + ("" if n == 1 else "s")
+
+
 def nbytes(n: float) -> str:
     """Bytes in binary units: ``70.7 KiB``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -32,5 +60,41 @@ def nbytes(n: float) -> str:
 
 
 def short(source: str | None) -> str:
-    """``file:line`` with the directory dropped."""
-    return os.path.basename(source) if source else ""
+    """``file:line`` with the directory dropped; a notebook cell as IPython shows it,
+    ``Cell In[3], line 11``, while that IPython session runs."""
+    if not source:
+        return ""
+    filename, _, line = source.rpartition(":")
+    cell = _cell(filename) if line.isdigit() else None
+    return f"{cell}, line {line}" if cell else os.path.basename(source)
+
+
+def _cell(filename: str) -> str | None:
+    """IPython's own name for the code it compiled from a cell (``Cell In[3]``), or None."""
+    ipython = sys.modules.get("IPython")  # never imported here: only asked when running
+    shell = ipython.get_ipython() if ipython is not None else None
+    namer = getattr(getattr(shell, "compile", None), "format_code_name", None)
+    named = namer(filename) if callable(namer) else None
+    if isinstance(named, tuple) and len(named) == 2:
+        return f"{named[0]} {named[1]}"
+    return None
+
+
+def can_encode(encoding: str | None) -> bool:
+    """True when text in ``encoding`` can hold the glyphs shapecheck draws (``─ → ✗ · —``)."""
+    if not encoding:
+        return False
+    try:
+        codecs.lookup(encoding)
+        "".join(GLYPHS).encode(encoding)
+    except (LookupError, UnicodeError):
+        return False
+    return True
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f\u00a0]")  # no-break spaces glue words for wrapping only
+
+
+def to_ascii(text: str) -> str:
+    """The glyphs as ASCII (``→`` becomes ``->``); any other non-ASCII character as ``?``."""
+    return _NON_ASCII.sub("?", text.translate(_ASCII))

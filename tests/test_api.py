@@ -88,8 +88,16 @@ def test_records_are_frozen():
 
 
 def test_importing_shapecheck_is_light():
-    """``import shapecheck`` (the pytest plugin's path) does not import torch."""
-    code = "import sys, shapecheck; print('torch' in sys.modules)"
+    """``import shapecheck`` (the pytest plugin's path) imports neither torch nor IPython, and
+    ``shapecheck.enable()`` outside IPython does not import IPython either."""
+    code = ("import sys, shapecheck; print('torch' in sys.modules, 'IPython' in sys.modules); "
+            "shapecheck.enable(); print('IPython' in sys.modules)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)  # fmt: skip
-    assert done.stdout.strip() == "False"
+    assert done.stdout.split() == ["False", "False", "False"]
+
+
+def test_ipython_finds_the_extension_hooks_without_them_being_public_api():
+    assert callable(shapecheck.load_ipython_extension)  # type: ignore[attr-defined]
+    assert callable(shapecheck.unload_ipython_extension)  # type: ignore[attr-defined]
+    assert "load_ipython_extension" not in shapecheck.__all__

@@ -146,3 +146,41 @@ def test_an_error_no_replay_reproduces_gets_a_plain_note_not_a_wrong_report():
     assert "cannot see keyword arguments" in note
     assert "shapecheck.explain(model, *args, **kwargs)" in note
     assert "missing 1 required keyword-only argument" not in note  # the replay's own failure
+
+
+def test_the_note_quotes_the_users_message_and_says_real_forward():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.MaxPool2d(2), nn.Linear(4096, 2))
+    with pytest.raises(RuntimeError) as caught, shapecheck.clarify():
+        model(torch.randn(64, 3, 32, 32))
+    (note,) = caught.value.__notes__
+    assert f"PyTorch   {caught.value}" in note  # their words, not the fake tensors'
+    assert "[real forward]" in note
+    assert "dry run" not in note.split("fix (")[0]
+
+
+def test_a_fake_replay_is_said_so_and_put_in_the_users_words(monkeypatch: pytest.MonkeyPatch):
+    import dataclasses
+
+    from shapecheck import _clarify, _explain
+
+    real_explain = _explain.explain
+
+    def explain(model: nn.Module, *args: object, **kwargs: object) -> shapecheck.Report:
+        report = real_explain(model, *args, **kwargs)  # type: ignore[arg-type]
+        if kwargs.get("dry_run") or report.failure is None:
+            return report
+        # as when the real replay runs out of memory, the failed forward still held
+        out_of_memory = dataclasses.replace(report.failure, exception=MemoryError("no room"))
+        return dataclasses.replace(report, failure=out_of_memory)
+
+    monkeypatch.setattr(_explain, "explain", explain)
+    error = RuntimeError("the words the user got")
+    report = _clarify.replay(seed_model(), (torch.randn(1, 3, 32, 32),), {}, error)
+    assert report is not None
+    assert report.dry_run
+    assert report.failure is not None
+    assert report.failure.exception is error
+    assert ("PyTorch", "the words the user got") in report.diagnoses[0].plan[0].evidence
+    note = _clarify.explanation_note(report, error)
+    assert note.startswith("shapecheck: the forward pass, layer by layer (replayed on fake tensors")
+    assert "PyTorch   the words the user got" in note

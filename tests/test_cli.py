@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import shapecheck
 from shapecheck._cli import main
 from shapecheck._compat import torch_at_least
 
@@ -38,6 +40,11 @@ MODELS = textwrap.dedent(
             return self.lin(x)
     """
 )
+
+
+#: The environment for the real program: os.environ as Python sees it. (Passing it explicitly
+#: drops what C libraries add behind Python's back: GNU readline exports COLUMNS=80.)
+ENV = dict(os.environ)
 
 
 @pytest.fixture
@@ -154,7 +161,7 @@ def test_entry_point_runs_as_a_program(models: Path):
     """The real program, as a user starts it: exit codes cross the process boundary."""
     done = subprocess.run(
         [sys.executable, "-m", "shapecheck", "explain", f"{models}:broken", "--input", "1,3,32,32"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, env=ENV,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "missing" not in done.stderr
@@ -168,6 +175,7 @@ def test_demo_piped_into_a_reader_that_leaves_early_exits_quietly():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         bufsize=0,
+        env=ENV,
     ) as process:  # closes both pipes and waits, even when an assertion below fails
         try:
             assert process.stdout is not None
@@ -180,6 +188,111 @@ def test_demo_piped_into_a_reader_that_leaves_early_exits_quietly():
             if process.poll() is None:
                 process.kill()
     assert "BrokenPipeError" not in errors
+
+
+def test_help_shows_examples_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explain", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    assert "shapecheck explain model.py:Net --input 1,3,32,32" in out
+    for code in ("0  the model runs", "1  the model's forward fails", "2  a usage error"):
+        assert code in out
+    assert "``" not in out  # plain text, not reST
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"shapecheck {shapecheck.__version__}"
+
+
+@pytest.mark.parametrize(
+    "spec", ["(1, 3, 32, 32)", "[1, 3, 32, 32]", "1x3x32x32", " 1, 3, 32, 32 "]
+)
+def test_shapes_in_any_usual_spelling(models: Path, capsys, spec: str):
+    code, out, _ = _run(capsys, "explain", f"{models}:make_fixed", "--input", spec)
+    assert code == 0
+    assert "(1, 3, 32, 32)" in out
+
+
+def test_width_and_no_fold(models: Path, capsys):
+    code, out, _ = _run(capsys, "explain", f"{models}:broken", "--input", "1,3,32,32",
+                        "--width", "60", "--no-fold")  # fmt: skip
+    assert code == 1
+    assert max(len(line) for line in out.splitlines()) <= 60
+    code, _, err = _run(capsys, "explain", f"{models}:broken", "--input", "1,3,32,32",
+                        "--width", "20")  # fmt: skip
+    assert code == 2
+    assert "--width 20" in err
+
+
+@pytest.mark.parametrize(
+    ("source", "name", "message"),
+    [
+        ("import torch\ndef build(:\n    pass\n", "build", ":2: importing m.py: syntax error"),
+        (
+            "import torch\nimport no_such_module\n",
+            "build",
+            ":2: importing m.py raised ModuleNotFoundError: No module named 'no_such_module'",
+        ),
+        (
+            "from torch import nn\ndef build():\n    return nn.Linear(2, 'x')\n",
+            "build",
+            ":3: build() raised TypeError",
+        ),
+        (
+            "from torch import nn\nclass Net(nn.Module):\n    def __init__(self, n_chans):\n"
+            "        super().__init__()\n",
+            "Net",
+            ":2: class Net needs arguments (n_chans); add a function that takes none",
+        ),
+        (
+            "import sys\nsys.exit('no model here')\n",
+            "build",
+            ":2: importing m.py raised SystemExit: no model here",
+        ),
+    ],
+    ids=["syntax", "import", "factory", "class-arguments", "exit"],
+)
+def test_loading_or_building_errors_exit_2_naming_file_and_line(
+    tmp_path: Path, capsys, source: str, name: str, message: str
+):
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    code, out, err = _run(capsys, "explain", f"{path}:{name}", "--input", "1,4")
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"shapecheck: error: {path}")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_an_input_too_big_to_allocate_says_to_use_dry_run(models: Path, capsys):
+    code, _, err = _run(capsys, "explain", f"{models}:Small", "--input", "1000000,100000")
+    assert code == 2
+    assert "pass --dry-run to explain the shapes on fake tensors" in err
+    code, out, _ = _run(capsys, "explain", f"{models}:Small", "--input", "1000000,100000",
+                        "--dry-run")  # fmt: skip
+    assert code == 1  # Linear(4, 2) cannot take it, and the report says so
+    assert "(1000000, 100000)" in out
+
+
+@pytest.mark.parametrize("command", ["demo", "explain"])
+def test_ascii_streams_get_ascii_and_the_usual_exit_codes(models: Path, command: str):
+    argv = (
+        ["demo"] if command == "demo" else ["explain", f"{models}:broken", "--input", "1,3,32,32"]
+    )
+    ascii_env = {**ENV, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-m", "shapecheck", *argv], capture_output=True,
+                          timeout=300, check=False, env=ascii_env)  # fmt: skip
+    assert done.returncode == (0 if command == "demo" else 1), done.stderr
+    out = done.stdout.decode("ascii")  # raises on any other byte
+    assert "Linear(512->32)" in out
+    assert "x raised" in out
+    assert "insert nn.Flatten() at index 6" in out
+    assert done.stderr == b""
 
 
 @pytest.mark.skipif(not torch_at_least("2.13"), reason="contracts need torch >= 2.13")

@@ -163,7 +163,7 @@ def test_clarify_says_so_when_the_replay_fails(monkeypatch: pytest.MonkeyPatch) 
     def broken(*_: object) -> None:
         raise RuntimeError("the replay broke")
 
-    monkeypatch.setattr(_clarify, "_replay", broken)
+    monkeypatch.setattr(_clarify, "replay", broken)
     with pytest.raises(RuntimeError, match="cannot be multiplied") as caught, shapecheck.clarify():
         nn.Linear(4, 2)(torch.randn(2, 3))
     assert caught.value.__notes__ == [

@@ -154,3 +154,102 @@ def test_non_tensor_arguments_pass_through():
     report = shapecheck.explain(Scaled(), torch.randn(2), 3, "x", True)
     assert report.ok
     assert report.output_shapes == [(2,)]
+
+
+# -- what learners pass by mistake (issue 13) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("label", [0, torch.tensor(1)], ids=["int", "tensor"])
+def test_a_dataset_item_pair_says_to_pass_the_image_with_a_batch_dim(model: nn.Module, label):
+    img = torch.randn(3, 32, 32)
+    with pytest.raises(UsageError) as caught:
+        shapecheck.explain(model, (img, label))
+    text = str(caught.value)
+    assert "input 0 is an (input, label) pair" in text
+    assert "(3, 32, 32)" in text
+    assert "explain(model, img.unsqueeze(0))" in text
+
+
+@pytest.mark.parametrize("data", [[[0.1, 0.2], [0.3, 0.4]], [0.5, 0.25], [[1, 2], [3, 4]]],
+                         ids=["nested-floats", "floats", "nested-ints"])  # fmt: skip
+def test_lists_of_numbers_say_to_make_a_tensor(model: nn.Module, data: object):
+    with pytest.raises(UsageError, match=r"nested list of numbers, not a tensor.*torch\.tensor"):
+        shapecheck.explain(model, data)
+
+
+def test_no_input_at_all_says_how_to_give_one(model: nn.Module):
+    with pytest.raises(UsageError) as caught:
+        shapecheck.explain(model)
+    assert "no input given, and Sequential.forward(input) needs input" in str(caught.value)
+    assert "input_size=(1, 3, 32, 32)" in str(caught.value)
+
+
+def test_a_forward_that_needs_no_input_runs_without_one():
+    class Constant(nn.Module):
+        def forward(self) -> torch.Tensor:
+            return torch.ones(2, 3)
+
+    assert shapecheck.explain(Constant()).output_shapes == [(2, 3)]
+
+
+def test_a_loss_class_says_to_pass_an_instance(model: nn.Module):
+    with pytest.raises(UsageError, match=r"the class CrossEntropyLoss; .*nn\.CrossEntropyLoss\(\)"):
+        shapecheck.explain(model, torch.randn(1, 3, 32, 32), loss_fn=nn.CrossEntropyLoss,
+                           target=torch.tensor([0]))  # fmt: skip
+
+
+def test_target_and_loss_come_together(model: nn.Module):
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(UsageError, match="target= is only used with loss_fn="):
+        shapecheck.explain(model, x, target=torch.tensor([0]))
+    with pytest.raises(UsageError, match="loss_fn= needs target="):
+        shapecheck.explain(model, x, loss_fn=nn.CrossEntropyLoss())
+
+
+@pytest.mark.parametrize("name", ["dry_run", "flops", "fold"])
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_flags_must_be_bools(model: nn.Module, name: str, value: object):
+    with pytest.raises(UsageError, match=rf"{name} must be True or False, got {value!r}"):
+        shapecheck.explain(model, torch.randn(1, 3, 32, 32), **{name: value})
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("input_sizes", "input_size"), ("dryrun", "dry_run"),
+                                             ("dtype", "dtypes"), ("loss", "loss_fn")])  # fmt: skip
+def test_a_misspelled_keyword_suggests_the_right_one_before_anything_runs(
+    model: nn.Module, typo: str, meant: str
+):
+    with pytest.raises(UsageError, match=rf"no keyword {typo}=; did you mean {meant}=\?"):
+        shapecheck.explain(model, torch.randn(1, 3, 32, 32), **{typo: (1, 3, 32, 32)})
+
+
+class _WithOptions(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0, **extra: object) -> torch.Tensor:
+        out: torch.Tensor = self.lin(x) * scale
+        return out
+
+
+def test_keywords_forward_takes_go_to_forward_and_others_are_refused(model: nn.Module):
+    x = torch.randn(3, 4)
+    assert shapecheck.explain(_WithOptions(), x, scale=2.0).ok
+    assert shapecheck.explain(_WithOptions(), x, colour="red").ok  # **extra takes any name
+    with pytest.raises(UsageError, match="did you mean input_size="):  # but not a near-typo
+        shapecheck.explain(_WithOptions(), x, input_sizes=(3, 4))
+    with pytest.raises(UsageError, match=r"Sequential.forward\(input\) takes no keyword 'scale'"):
+        shapecheck.explain(model, torch.randn(1, 3, 32, 32), scale=2.0)
+
+
+def test_an_input_size_too_big_for_the_machine_suggests_a_dry_run():
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(4, 2))  # fmt: skip
+    with pytest.raises(UsageError) as caught:
+        shapecheck.explain(pooled, input_size=(10**6, 3, 10**4, 10**4))
+    text = str(caught.value)
+    assert "more than this machine can spare" in text
+    assert "pass dry_run=True" in text
+    report = shapecheck.explain(pooled, input_size=(10**6, 3, 10**4, 10**4), dry_run=True)
+    assert report.ok
+    assert report.output_shapes == [(10**6, 2)]

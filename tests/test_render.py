@@ -9,11 +9,9 @@ Without that variable a missing or different golden file is a failure, never rew
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
+from golden import check_golden
 from torch import nn
 from zoo import ZOO, BookNet, TinyResNet
 
@@ -21,24 +19,11 @@ import shapecheck
 from shapecheck._render import render_table
 from shapecheck.demo import seed_model, seed_model_fixed
 
-GOLDEN = Path(__file__).parent / "golden" / "render"
-UPDATE = os.environ.get("SHAPECHECK_UPDATE_GOLDEN") == "1"
 WIDTH = 100
 
 
 def _image(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-
-
-def _check_golden(name: str, text: str) -> None:
-    path = GOLDEN / f"{name}.txt"
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n", encoding="utf-8")
-        return
-    assert path.exists(), f"{path} is missing: run with SHAPECHECK_UPDATE_GOLDEN=1 to create it"
-    expected = path.read_text(encoding="utf-8").removesuffix("\n")
-    assert text == expected, f"rendering differs from {path.name} (update it on purpose only)"
 
 
 def _nested() -> nn.Module:
@@ -62,7 +47,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", CASES)
 def test_golden(name: str):
-    _check_golden(name, str(CASES[name]()))
+    check_golden("render", name, str(CASES[name]()))
 
 
 def test_book_net_shows_every_functional_step():
@@ -126,6 +111,38 @@ def test_every_rendered_line_fits_100_columns():
 def test_html_has_a_row_per_visible_layer():
     report = CASES["seed_broken"]()
     html = report._repr_html_()
-    assert html.count("<tr") == 1 + len(report.layers)
+    table = html[html.index("<table class='sc-table'>") :]
+    assert table[: table.index("</table>")].count("<tr") == 1 + len(report.layers)
     assert "64x8 and 512x32" in html
     assert "<script" not in html
+
+
+class _BookNetNoView(nn.Module):
+    """The book's Net with its flatten forgotten: the tensor is called ``out`` in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8 * 16 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.max_pool2d(torch.tanh(self.conv(x)), 2)
+        return self.fc1(out)  # type: ignore[no-any-return]
+
+
+def test_fix_code_uses_the_variable_of_the_source_line():
+    report = shapecheck.explain(_BookNetNoView(), _image(1, 3, 32, 32))
+    assert report.diagnoses[0].fix.startswith(
+        "out = torch.flatten(out, 1)   # before test_render.py:"
+    )
+    assert report.diagnoses[0].fix.endswith(": return self.fc1(out)  # type: ignore[no-any-return]")
+
+
+def test_one_sample_the_root_and_the_op_a_warning_is_about():
+    text = shapecheck.explain(BookNet(), _image(1, 3, 64, 64)).render(100)
+    assert "changed the batch: 1 sample in, 4\n    rows out" in text
+    assert "1 samples" not in text
+    assert "''" not in text
+    lines = text.splitlines()
+    view = next(i for i, line in enumerate(lines) if "· view(-1, 512)" in line)
+    assert lines[view + 1].strip() == "↑ warning (view-batch), below"

@@ -10,6 +10,7 @@ from .._changes import EditInput, EditLayerInput, Fix, TensorOp
 from .._records import Layer
 from .._source import code_line
 from .._text import short
+from .._variable import for_variable
 from ._context import Context
 
 __all__ = ["ancestors", "at_entry", "modules_of", "owner_of"]
@@ -57,8 +58,9 @@ def at_entry(ctx: Context, layer: Layer, ops: tuple[TensorOp, ...], code: str, s
     source = ctx.failure.source if ctx.failure else None
     line = code_line(source)
     at = f"   # before {short(source)}: {line}" if line else ""
+    own = for_variable(code, line, target.path.rpartition(".")[2])
     return EditLayerInput(
-        summary=f"{summary} before '{target.path}'", code=code + at, path=target.path, ops=ops
+        summary=f"{summary} before '{target.path}'", code=own + at, path=target.path, ops=ops
     )
 
 

@@ -11,6 +11,7 @@ from .._describe import module_code
 from .._records import Layer
 from .._source import code_line
 from .._text import short
+from .._variable import for_variable
 from ._context import Context, Finding
 from ._registry import layer_rule
 from ._words import layer_finding
@@ -48,7 +49,7 @@ def _flatten_fix(ctx: Context, layer: Layer) -> Fix:
     at = f"   # before {short(source)}: {line}" if line else ""
     return EditLayerInput(
         summary=f"flatten the input before calling self.{attr}",
-        code=f"x = torch.flatten(x, 1){at}",
+        code=for_variable("x = torch.flatten(x, 1)", line, attr) + at,
         path=layer.path,
         ops=_FLATTEN,
     )
