@@ -17,6 +17,7 @@ from ._memory import check_optimizer, training_memory
 from ._params import param_totals
 from ._repair import Repair, diagnose, warn
 from ._report import Report
+from ._sharding import world_of
 from ._trace import gc_paused, run_trace
 
 __all__ = ["explain"]
@@ -81,6 +82,7 @@ def explain(
     dry_run = bool(dry_run) or is_meta_model(model)
     args, kwargs = _inputs(inputs, forward_kwargs, input_size, dtypes, where, dry_run)
     traced = _traceable(model)
+    world = world_of(traced)  # before the forward: FSDP2 gathers the parameters inside it
     trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=flops,
                       saved=optimizer is not None, confirm=True,
                       **loss_hooks(loss, target))  # fmt: skip
@@ -98,6 +100,10 @@ def explain(
         training_memory=None if trace.saved is None or optimizer is None
         else training_memory(traced, trace.saved, optimizer),
         fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=repair.runs,
+        rank=None if world is None else world.rank,
+        world_size=None if world is None else world.world_size,
+        mesh_shape=None if world is None else world.mesh_shape,
+        rank_param_bytes=None if world is None else world.param_bytes,
     )  # fmt: skip
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from ._flops import FlopCounter
 from ._inputs import tensors_in
 from ._paths import ModuleFrame, PathIndex
 from ._records import TensorInfo
+from ._sharding import ModuleShard, dtensor_type, sharded_view
 from ._source import caller_source
 
 __all__ = ["FunctionMode", "Recorder", "Rewrite", "Row", "function_name", "hooks", "owned_counts"]
@@ -76,6 +77,7 @@ class Row:
     failed: bool = False
     flops_start: int | None = None
     flops: int | None = None
+    shard: ModuleShard | None = None
 
 
 class Recorder:
@@ -87,11 +89,21 @@ class Recorder:
         owned: Mapping[int, tuple[int, int]],
         device_alias: Mapping[str, str],
         rewrites: Mapping[tuple[str, str], Rewrite],
+        shards: Mapping[int, ModuleShard] | None = None,
     ) -> None:
         self.paths = paths
         self.owned = owned
         self.device_alias = device_alias
         self.rewrites = rewrites
+        self.shards = shards or {}
+        # None unless torch.distributed.tensor is imported: then no tensor can be a DTensor,
+        # and plain models pay nothing for the check
+        self.dtensor = dtensor_type()
+        # sharded models: the arguments before the ParallelStyle hooks made DTensors of them,
+        # and the outputs before they were made local again (see sharded_hooks)
+        self._raw: tuple[torch.Tensor, ...] | None = None
+        self._sharded_out: dict[int, tuple[TensorInfo, ...]] = {}
+        self.quiet = False  # inside the hooks of ParallelStyles and FSDP: their ops are no rows
         self.rows: list[Row] = []
         self.module_at: dict[int, nn.Module] = {}
         self.stack: list[ModuleFrame] = []
@@ -124,23 +136,35 @@ class Recorder:
         self._keys[id(tensor)] = (weakref.ref(tensor), key)
         return key
 
-    def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
-        """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins)."""
+    def infos(
+        self, obj: object, made_by: int | None = None, raw: Sequence[torch.Tensor] | None = None
+    ) -> tuple[TensorInfo, ...]:
+        """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins).
+        ``raw``: the same arguments before ParallelStyle hooks wrapped them as DTensors."""
         alias = self.device_alias
         # Our own reads of .shape/.dtype pass through the function mode too; marking them busy
         # keeps them from being recorded (a hot spot: ~10 such reads per module call).
         busy, self.busy = self.busy, True
         try:
             found = []
-            for t in tensors_in(obj):
+            for position, t in enumerate(tensors_in(obj)):
+                sharded = None
+                if self.dtensor is not None and isinstance(t, self.dtensor):
+                    sharded = sharded_view(t)
+                    t = _unwrapped(sharded[0], raw, position)  # the local tensor that flows on
                 key = self._key(t)
                 if made_by is not None:
                     self._made_by.setdefault(key, made_by)
-                found.append(TensorInfo(
+                info = TensorInfo(
                     tuple(t.shape), str(t.dtype).removeprefix("torch."),
                     alias.get(str(t.device), str(t.device)), t.requires_grad,
                     key, self._made_by.get(key), self._position.get(key),
-                ))  # fmt: skip
+                )  # fmt: skip
+                if sharded is not None:
+                    _, whole, placements, mesh = sharded
+                    info = replace(info, global_shape=whole, placements=placements,
+                                   mesh_shape=mesh)  # fmt: skip
+                found.append(info)
             return tuple(found)
         finally:
             self.busy = busy
@@ -196,6 +220,7 @@ class Recorder:
 
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        raw, self._raw, self.quiet = self._raw, None, False
         if self.busy:
             return
         parent = self.stack[-1] if self.stack else None
@@ -204,9 +229,9 @@ class Recorder:
         row = self._add(Row(
             path=self.paths.path_of(module, parent), kind="module",
             type=type(module).__name__, depth=len(self.stack),
-            inputs=self.infos((args, kwargs)), params=params, trainable=trainable,
+            inputs=self.infos((args, kwargs), raw=raw), params=params, trainable=trainable,
             summary=describe_module(module), parent=parent.row if parent else None,
-            flops_start=self._flops_now(),
+            flops_start=self._flops_now(), shard=self.shards.get(id(module)),
         ))  # fmt: skip
         self.module_at[row] = module
         records = not type(module).__module__.startswith("torch.")
@@ -215,6 +240,7 @@ class Recorder:
     def post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
+        self.quiet = False
         if self.busy:
             return
         position = self._frame_of(module)
@@ -231,6 +257,31 @@ class Recorder:
             self._remember_values(frame.row, args)
         else:
             row.outputs = self.infos(output, made_by=frame.row)
+            sharded = self._sharded_out.pop(frame.row, None)
+            if sharded is not None:
+                row.outputs = _with_global(row.outputs, sharded)
+
+    # -- sharded models: what the ParallelStyle and FSDP hooks change -------------------------
+    def early_pre_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Runs before every other pre-hook: the arguments as the caller passed them (their
+        provenance), and the hooks' own ops (``DTensor.from_local``, FSDP's all-gather) kept
+        out of the table."""
+        if not self.busy:
+            self._raw, self.quiet = tuple(tensors_in((args, kwargs))), True
+
+    def early_post_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        """Runs before every other forward hook: outputs still DTensors, global shape and
+        placements as DTensor has them, before a ParallelStyle makes them local."""
+        if self.busy or output is None:
+            return
+        position = self._frame_of(module)
+        if position is not None:
+            self._sharded_out[self.stack[position].row] = self.infos(output)
+            self.quiet = True
 
     def _frame_of(self, module: nn.Module) -> int | None:
         for position in range(len(self.stack) - 1, -1, -1):
@@ -241,7 +292,7 @@ class Recorder:
     # -- functional ops -------------------------------------------------------------------------
     def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         frame = self.stack[-1] if self.stack else None
-        if self.busy or frame is None or not frame.records_functions:
+        if self.busy or self.quiet or frame is None or not frame.records_functions:
             return func(*args, **kwargs)
         name = function_name(func)
         if name in _BOOKKEEPING:
@@ -251,7 +302,9 @@ class Recorder:
             return result
         source = caller_source(skip=3)
         arguments = describe_arguments(args, kwargs, func)
-        rewrite = self.rewrites.get((source or "", name))
+        rewrites = self.rewrites
+        rewrite = (rewrites.get((source or "", name)) or rewrites.get(("*", name))) if rewrites \
+            else None  # fmt: skip
         row = Row(
             path=frame.path, kind="function", type=name, depth=len(self.stack),
             inputs=self.infos((args, kwargs)), params=0, trainable=0,
@@ -291,11 +344,65 @@ class FunctionMode(TorchFunctionMode):
         return self.recorder.call(func, args, kwargs or {})
 
 
+def _unwrapped(shard: torch.Tensor, raw: Sequence[torch.Tensor] | None, at: int) -> torch.Tensor:
+    """The tensor a DTensor argument was made from (``from_local`` wraps a view of it), when
+    the raw argument at the same position is a plain tensor of the shard's shape."""
+    if raw is None or at >= len(raw) or raw[at].shape != shard.shape:
+        return shard
+    return raw[at]
+
+
+def _with_global(
+    outputs: tuple[TensorInfo, ...], sharded: tuple[TensorInfo, ...]
+) -> tuple[TensorInfo, ...]:
+    """Local outputs with the global shape of the DTensors they were made from, and the
+    placements they have after the ParallelStyle's output hook (see :func:`_flowing`)."""
+    if len(outputs) != len(sharded):
+        return outputs
+    found = []
+    for out, d in zip(outputs, sharded, strict=True):
+        placements = None
+        if out.global_shape is None and d.global_shape is not None and d.placements is not None:
+            placements = _flowing(d.placements, d.global_shape, d.shape, out.shape)
+        if placements is not None:
+            out = replace(out, global_shape=d.global_shape, placements=placements,
+                          mesh_shape=d.mesh_shape)  # fmt: skip
+        found.append(out)
+    return tuple(found)
+
+
+def _flowing(
+    placements: tuple[str, ...],
+    whole: tuple[int, ...],
+    before: tuple[int, ...],
+    after: tuple[int, ...],
+) -> tuple[str, ...] | None:
+    """Placements of a module's DTensor output once a ParallelStyle redistributed it and made
+    it local: a Rowwise layer's partial sums ``P(sum)`` are all-reduced (``R``: the local
+    shape is the global one) or reduce-scattered (``S(d)``: only dim d is split); a shard
+    made local as it is keeps its placements. None when the shapes do not tell (a 2-D mesh)."""
+    if after == before and not any(p.startswith("P") for p in placements):
+        return placements
+    if after == whole:
+        return ("R",) * len(placements)
+    if len(placements) != 1 or len(after) != len(whole):
+        return None
+    split = [d for d, (a, w) in enumerate(zip(after, whole, strict=True)) if a != w]
+    return (f"S({split[0]})",) if len(split) == 1 else None
+
+
 @contextmanager
-def hooks(modules: list[nn.Module], recorder: Recorder) -> Iterator[None]:
+def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -> Iterator[None]:
+    """The recorder's hooks on every module; on a sharded model also ``early_*`` hooks that run
+    before the ParallelStyle and FSDP hooks (registered first, they would run after)."""
     handles = []
     try:
         for module in modules:
+            if sharded:
+                handles.append(module.register_forward_pre_hook(
+                    recorder.early_pre_hook, with_kwargs=True, prepend=True))  # fmt: skip
+                handles.append(module.register_forward_hook(
+                    recorder.early_post_hook, with_kwargs=True, prepend=True))  # fmt: skip
             handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(
                 recorder.post_hook, with_kwargs=True, always_call=True))  # fmt: skip

@@ -47,6 +47,13 @@ class Report:
     unconfirmed: bool = False
     #: how many re-runs the repair search made (each a forward of the model with fixes)
     reruns: int = 0
+    #: a sharded model (DTensor parameters, FSDP2): this process's rank, the world size, the
+    #: mesh shape its parameters live on, and the bytes of this rank's parameter shards
+    #: (``param_bytes`` and ``total_params`` stay global); None for a plain model
+    rank: int | None = None
+    world_size: int | None = None
+    mesh_shape: tuple[int, ...] | None = None
+    rank_param_bytes: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -29,6 +29,7 @@ from ._memory import SavedTensors
 from ._paths import PathIndex
 from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
+from ._sharding import is_sharded, kept_sharded, module_shards
 from ._source import traceback_source
 
 __all__ = [
@@ -228,9 +229,11 @@ def _run_once(
     dry = DryRun(device) if dry_run else None
     counter = FlopCounter() if flops else None
     saving = SavedTensors(model) if saved else None
+    sharded = is_sharded(model)  # read before the forward: FSDP2 gathers inside it
     recorder = Recorder(
         PathIndex(model, extra), owned_counts(modules),
         dry.device_alias if dry else {}, rewrites or {},
+        module_shards(modules) if sharded else None,
     )  # fmt: skip
     restore = _Restore(model, buffers=not dry_run)
     output: Any = None
@@ -238,6 +241,8 @@ def _run_once(
     model_inputs: tuple[TensorInfo, ...] = ()
     try:
         with ExitStack() as stack:
+            if sharded:
+                stack.enter_context(kept_sharded(model))
             stack.enter_context(torch.set_grad_enabled(saved))
             stack.enter_context(_eager())
             forward: Callable[..., Any] = model
@@ -248,7 +253,7 @@ def _run_once(
                 if context is not None:
                     stack.enter_context(context)
             recorder.counter = counter
-            stack.enter_context(hooks(modules, recorder))
+            stack.enter_context(hooks(modules, recorder, sharded))
             stack.enter_context(FunctionMode(recorder))
             output = forward(*args, **kwargs)
             if call is not None:
@@ -290,7 +295,10 @@ def _finish(
         Layer(index=i, path=r.path, kind=r.kind, type=r.type, depth=r.depth,  # type: ignore[arg-type]
               inputs=r.inputs, outputs=r.outputs, params=r.params, trainable=r.trainable,
               summary=r.summary, parent=r.parent, failed=r.failed, source=r.source,
-              arguments=r.arguments, flops=r.flops)
+              arguments=r.arguments, flops=r.flops,
+              rank_params=r.shard.params if r.shard else None,
+              rank_param_bytes=r.shard.nbytes if r.shard else None,
+              param_placements=r.shard.placements if r.shard else ())
         for i, r in enumerate(recorder.rows)
     ]  # fmt: skip
     failure = None if error is None else _failure(model, recorder, layers, inputs, error)
