@@ -8,13 +8,16 @@ import textwrap
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ._records import Layer, Outcome, Step, TrainingMemory
-from ._text import count, nbytes, shapes, short
+from ._records import Layer, Outcome, Step, TensorInfo, TrainingMemory
+from ._text import count, nbytes, shape, shapes, short
 
 if TYPE_CHECKING:
+    from ._ranks import RankReports
     from ._report import Report
 
-__all__ = ["plan_text", "render_html", "render_report", "render_table", "step_lines"]
+__all__ = [
+    "plan_text", "render_html", "render_ranks", "render_report", "render_table", "step_lines",
+]  # fmt: skip
 
 WIDTH = 100
 _COLUMNS = (("layer", 44), ("input", 20), ("output", 20), ("params", 10))
@@ -37,8 +40,35 @@ def _name(layer: Layer) -> str:
 
 def _cells(layer: Layer) -> tuple[str, str, str, str]:
     output = _FAILED if layer.failed else shapes(layer.output_shapes)
-    params = count(layer.params) if layer.params else ("" if layer.kind == "function" else "—")
+    held = layer.params if layer.rank_params is None else layer.rank_params  # this rank's
+    params = count(held) if layer.params else ("" if layer.kind == "function" else "—")
     return _name(layer), shapes(layer.input_shapes), output, params
+
+
+def _sharded_text(info: TensorInfo) -> str:
+    """A tensor's global shape and placements, ``(2, 8, 64) S(2)``; ``·`` for a plain one."""
+    if info.global_shape is None or info.placements is None:
+        return "·"
+    return f"{shape(info.global_shape)} {','.join(info.placements)}"
+
+
+def _sharded_cells(layer: Layer, flops: bool) -> tuple[str, ...] | None:
+    """The line under a row of a sharded layer: global shapes and placements of its tensors,
+    its parameters' placements and bytes on this rank, and their global count."""
+    tensors = (*layer.inputs, *layer.outputs)
+    if not layer.param_placements and all(t.global_shape is None for t in tensors):
+        return None
+    by_placement: dict[str, list[str]] = {}  # "weight,bias S(0)": one placement, said once
+    for param, placements in layer.param_placements:
+        by_placement.setdefault(",".join(placements), []).append(param)
+    held = [f"{','.join(names)} {p}" for p, names in by_placement.items()]
+    if layer.rank_param_bytes:
+        held.append(nbytes(layer.rank_param_bytes))
+    name = "  " * layer.depth + "  ↳ " + (" · ".join(held) or "global")
+    outputs = "" if layer.failed else " ".join(_sharded_text(t) for t in layer.outputs)
+    params = f"of {count(layer.params)}" if layer.param_placements else ""
+    cells = (name, " ".join(_sharded_text(t) for t in layer.inputs), outputs, params)
+    return (*cells, "") if flops else cells
 
 
 def _si(n: int) -> str:
@@ -98,7 +128,12 @@ def render_table(report: Report) -> str:
         return " ".join(left + right).rstrip()
 
     lines = [row(*(h for h, _ in columns)), "─" * (sum(w for _, w in columns) + len(columns) - 1)]
-    lines += [row(*_row_cells(layer, report.total_flops is not None)) for layer in _visible(report)]
+    flops = report.total_flops is not None
+    for layer in _visible(report):
+        lines.append(row(*_row_cells(layer, flops)))
+        sharded = _sharded_cells(layer, flops)
+        if sharded is not None:
+            lines.append(row(*sharded))
     return "\n".join(lines)
 
 
@@ -110,13 +145,16 @@ def render_totals(report: Report) -> str:
         f"trainable · {count(report.non_trainable_params)} frozen"
         + (f" · {by_dtype}" if by_dtype else ""),
     ]
+    if report.rank_param_bytes is not None:
+        lines.append(_rank_line(report))
     if report.buffer_count:
         lines.append(f"buffers    {count(report.buffer_count)} values · "
                      f"{nbytes(report.buffer_bytes)}")  # fmt: skip
     if report.total_flops is not None:
         lines.append(f"flops      {count(report.total_flops)} forward")
     if report.training_memory is not None:
-        lines += _memory_lines(report.training_memory)
+        on = "" if report.rank is None else f" on rank {report.rank}"
+        lines += _memory_lines(report.training_memory, on)
     mode = "dry run (fake tensors)" if report.dry_run else "real forward"
     if report.fallback is not None:
         mode = "real forward: fake tensors could not run it"
@@ -128,14 +166,21 @@ def render_totals(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _memory_lines(memory: TrainingMemory) -> list[str]:
+def _rank_line(report: Report) -> str:
+    """``rank       0 of 4 (mesh (4,)) holds 1.4 MiB of the parameters``."""
+    mesh = f" (mesh {shape(report.mesh_shape)})" if report.mesh_shape else ""
+    held = nbytes(report.rank_param_bytes or 0)
+    return f"rank       {report.rank} of {report.world_size}{mesh} holds {held} of the parameters"
+
+
+def _memory_lines(memory: TrainingMemory, on: str = "") -> list[str]:
     parts = [f"params {nbytes(memory.params)}", f"grads {nbytes(memory.grads)}",
              f"optimizer state {nbytes(memory.optimizer_state)}",
              f"saved for backward {nbytes(memory.saved)}"]  # fmt: skip
     if memory.buffers:
         parts.append(f"buffers {nbytes(memory.buffers)}")
     glued = [p.replace(" ", "\u00a0") for p in parts]  # wrap between parts, never inside one
-    head = f"training   ≈ {nbytes(memory.total)} per step with {memory.optimizer}: "
+    head = f"training   ≈ {nbytes(memory.total)} per step{on} with {memory.optimizer}: "
     text = head + " + ".join(glued) + " (allocator overhead and workspaces not included)"
     lines = textwrap.wrap(text, WIDTH, subsequent_indent=" " * 11)
     return [line.replace("\u00a0", " ") for line in lines]
@@ -263,8 +308,55 @@ def render_html(report: Report) -> str:
         style = ' style="color:#b00"' if layer.failed else ""
         body.append(f"<tr{style}><td style='text-align:left;white-space:pre'>{name}</td>"
                     + "".join(f"<td>{c}</td>" for c in rest) + "</tr>")  # fmt: skip
+        sharded = _sharded_cells(layer, report.total_flops is not None)
+        if sharded is not None:  # global shapes and placements, under the row
+            body.append("<tr>" + "".join(f"<td style='white-space:pre'>{html.escape(c)}</td>"
+                                         for c in sharded) + "</tr>")  # fmt: skip
     tail = "\n\n".join(p for p in (render_totals(report), render_failure(report),
                                    render_warnings(report)) if p)  # fmt: skip
     return (f"<div><b>shapecheck: {html.escape(report.model_type)}</b><table><thead><tr>{head}"
             f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<pre>{html.escape(tail)}</pre></div>")  # fmt: skip
+
+
+def _rank_list(ranks: tuple[int, ...]) -> str:
+    """``0-2, 5``: runs of consecutive ranks."""
+    runs: list[list[int]] = []
+    for rank in ranks:
+        if runs and rank == runs[-1][-1] + 1:
+            runs[-1].append(rank)
+        else:
+            runs.append([rank])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def render_ranks(ranks: RankReports) -> str:
+    """One line per group of ranks that hold the same shards (what each rank holds, its output,
+    whether it ran), then the failure and diagnosis of each group that failed."""
+    groups = len(ranks.groups)
+    lines = [
+        f"shapecheck: {ranks.model_type} on {ranks.world_size} ranks, mesh "
+        f"{shape(ranks.mesh_shape)}: {groups} group{'s' if groups != 1 else ''} of ranks with "
+        "the same shards, one traced each",
+        f"{'ranks':<12} {'params here':<26} {'output':<24} result",
+    ]
+    for group in ranks.groups:
+        report = group.report
+        held = f"{count(group.params)} · {nbytes(ranks.rank_param_bytes[group.rank])}"
+        output = shapes(report.output_shapes) if report.ok else _FAILED
+        result = "runs" if report.ok else _failed_at(report)
+        lines.append(f"{_fit(_rank_list(group.ranks), 12):<12} {held:<26} {_fit(output, 24):<24} "
+                     f"{result}")  # fmt: skip
+    for group in ranks.groups:
+        if not group.report.ok:
+            lines += ["", f"ranks {_rank_list(group.ranks)} (traced on rank {group.rank}):",
+                      render_failure(group.report)]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _failed_at(report: Report) -> str:
+    failure = report.failure
+    assert failure is not None
+    where = f"'{failure.path}' ({failure.type})" if failure.path else f"forward ({failure.type})"
+    rule = f": {report.diagnoses[0].rule}" if report.diagnoses else ""
+    return f"fails at {where}{rule}"
