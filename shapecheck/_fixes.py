@@ -28,6 +28,7 @@ from ._changes import (
     Fix,
     FixKind,
     InsertModule,
+    Parallelize,
     RegisterModules,
     ReplaceModule,
     RewriteCall,
@@ -254,14 +255,25 @@ def _resized_to_first(name: str) -> Rewrite:
     return join
 
 
+def _resized_call(name: str, asked: tuple[int, ...], sizes: tuple[int, ...]) -> Rewrite:
+    """The same ``view``/``reshape`` of the same tensor, to ``sizes`` where it asked ``asked``."""
+
+    def resize(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        given = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        new = sizes if tuple(given) == asked else tuple(given)
+        return getattr(args[0], name)(*new, **kwargs)
+
+    return resize
+
+
 @_interprets(FixKind.REWRITE_CALL)
 @contextmanager
 def _rewrite_call(fix: RewriteCall, view: View) -> Iterator[View]:
-    rewrite = (
-        _flatten_per_sample
-        if fix.rewrite is CallRewrite.FLATTEN_PER_SAMPLE
-        else _resized_to_first(fix.name)
-    )
+    rewrite: Rewrite = _flatten_per_sample
+    if fix.rewrite is CallRewrite.RESIZE_TO_FIRST:
+        rewrite = _resized_to_first(fix.name)
+    elif fix.rewrite is CallRewrite.SIZES:
+        rewrite = _resized_call(fix.name, fix.asked, fix.sizes)
     yield replace(view, rewrites={**view.rewrites, (fix.source, fix.name): rewrite})
 
 
@@ -323,6 +335,17 @@ def _restore_attribute(module: nn.Module, name: str, child: Any, plain: Any) -> 
         module._modules[name] = child
     if plain is not _MISSING:
         module.__dict__[name] = plain
+
+
+@_interprets(FixKind.PARALLELIZE)
+@contextmanager
+def _parallelize(fix: Parallelize, view: View) -> Iterator[View]:
+    from ._sharding import parallelized  # torch.distributed.tensor: only for sharded models
+
+    old = view.model.get_submodule(fix.path)
+    new = parallelized(build(fix.build, old), old, fix.style)
+    with swapped(view.model, fix.path, new) as model:
+        yield replace(view, model=model)
 
 
 @_interprets(FixKind.TOGETHER)

@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (imported for their registrations, in that order)
     loss,
     norm,
     rnn,
+    sharding,
     size,
     view,
 )
