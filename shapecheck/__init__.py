@@ -12,8 +12,10 @@ if _typing.TYPE_CHECKING:
     from ._apply import apply_fix
     from ._clarify import clarify
     from ._explain import explain
+    from ._ranks import RankGroup, RankReports, explain_ranks
     from ._records import Diagnosis, Failure, Layer, Outcome, Step, TensorInfo, TrainingMemory
     from ._report import Report
+    from ._world import fake_world
 
 # Imported on first use (PEP 562) so that the pytest plugin, registered as
 # ``shapecheck.pytest_plugin``, loads without importing torch in every pytest run.
@@ -22,6 +24,8 @@ _LAZY = {
     "Diagnosis": "._records", "Failure": "._records", "Layer": "._records",
     "TensorInfo": "._records", "TrainingMemory": "._records", "Outcome": "._records",
     "Step": "._records", "apply_fix": "._apply",
+    "fake_world": "._world", "explain_ranks": "._ranks", "RankReports": "._ranks",
+    "RankGroup": "._ranks",
 }  # fmt: skip
 
 
@@ -40,8 +44,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Diagnosis", "Failure", "Layer", "Outcome", "Report", "ShapeError", "ShapecheckError", "Step",
-    "TensorInfo", "TrainingMemory", "UsageError", "apply_fix", "clarify", "explain",
+    "Diagnosis", "Failure", "Layer", "Outcome", "RankGroup", "RankReports", "Report",
+    "ShapeError", "ShapecheckError", "Step", "TensorInfo", "TrainingMemory", "UsageError",
+    "apply_fix", "clarify", "explain", "explain_ranks", "fake_world",
 ]  # fmt: skip
 
 __version__ = "0.1.0"
