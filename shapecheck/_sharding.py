@@ -37,6 +37,7 @@ __all__ = [
     "parallelized",
     "placement_text",
     "rank_param_bytes",
+    "settle",
     "shard_sizes",
     "sharded_view",
     "world_of",
@@ -144,6 +145,19 @@ def kept_sharded(model: nn.Module) -> Iterator[None]:
     finally:
         for module in modules:
             module.reshard()  # type: ignore[operator]
+
+
+def settle(output: Any) -> None:
+    """Wait for the collectives still pending in a forward's output (a RowwiseParallel layer
+    returns its all-reduce unwaited): torch warns at exit about collectives never waited."""
+    pending = getattr(sys.modules.get("torch.distributed._functional_collectives"),
+                      "AsyncCollectiveTensor", None)  # fmt: skip
+    if isinstance(pending, type):
+        from torch.utils._pytree import tree_leaves
+
+        for leaf in tree_leaves(output):
+            if isinstance(leaf, pending):
+                leaf.wait()  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)

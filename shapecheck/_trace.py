@@ -29,7 +29,7 @@ from ._memory import SavedTensors
 from ._paths import PathIndex
 from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
-from ._sharding import is_sharded, kept_sharded, module_shards
+from ._sharding import is_sharded, kept_sharded, module_shards, settle
 from ._source import traceback_source
 
 __all__ = [
@@ -256,6 +256,8 @@ def _run_once(
             stack.enter_context(hooks(modules, recorder, sharded))
             stack.enter_context(FunctionMode(recorder))
             output = forward(*args, **kwargs)
+            if sharded:
+                settle(output)
             if call is not None:
                 call(output)
     except Exception as exc:

@@ -115,14 +115,23 @@ def build_six_heads(mesh: object) -> GPT:
     return parallel_gpt(mesh, dim=96, heads=6, layers=1)
 
 
-def build_meta_7b(mesh: object) -> GPT:
-    """A ~7B GPT (32 layers of 4096, 32 heads, vocabulary 32,000) on meta: no memory."""
+def _meta_7b(mesh: object, vocab: int) -> GPT:
+    """A ~7B GPT (32 layers of 4096, 32 heads) on meta: no memory."""
     from torch.distributed.tensor.parallel import parallelize_module
 
     with torch.device("meta"):
-        model = GPT(vocab=32_000, dim=4096, heads=32, layers=32)
+        model = GPT(vocab=vocab, dim=4096, heads=32, layers=32)
     parallelize_module(model, mesh, tp_plan(model))  # type: ignore[arg-type]
     return model
+
+
+def build_meta_7b(mesh: object) -> GPT:
+    return _meta_7b(mesh, 32_000)
+
+
+def build_meta_7b_uneven(mesh: object) -> GPT:
+    """Vocabulary 32,001: over 8 ranks, ranks 0-6 hold 4,001 rows of the head, rank 7 3,994."""
+    return _meta_7b(mesh, 32_001)
 
 
 # -- the real thing: one process per rank, gloo on loopback --------------------------------------

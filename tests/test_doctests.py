@@ -9,7 +9,8 @@ import pytest
 
 MODULES = [
     "shapecheck._explain", "shapecheck._report", "shapecheck._clarify", "shapecheck.demo",
-    "shapecheck.testing", "shapecheck.strategies", "shapecheck._spec",
+    "shapecheck.testing", "shapecheck.strategies", "shapecheck._spec", "shapecheck._world",
+    "shapecheck._sharding",
 ]  # fmt: skip
 
 

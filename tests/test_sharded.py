@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import shapecheck
@@ -277,3 +279,54 @@ def test_readme_fake_world_snippet_does_what_its_comments_say() -> None:
         assert eval(statement, scope) == ast.literal_eval(claim), statement
         checked += 1
     assert checked == 6
+
+
+# -- drawn shapes: the right TP rule first, and its fix verified ---------------------------------
+class _MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(
+    tp=st.sampled_from([2, 4]),
+    heads=st.integers(1, 8),
+    head_dim=st.sampled_from([4, 8]),
+    kind=st.sampled_from(["global heads", "-1", "colwise twice"]),
+)
+def test_drawn_tp_shapes_get_the_right_rule(tp: int, heads: int, head_dim: int, kind: str) -> None:
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    dim = heads * head_dim
+    with shapecheck.fake_world(tp, rank=0):
+        mesh = init_device_mesh("cpu", (tp,))
+        if kind == "colwise twice":
+            model: nn.Module = _MLP(dim, 4 * dim)
+            plan = {"up": ColwiseParallel(), "down": ColwiseParallel()}
+        else:
+            model = sm.Attention(dim, heads, global_view=kind == "global heads")
+            plan = {"q": ColwiseParallel(), "k": ColwiseParallel(), "v": ColwiseParallel(),
+                    "o": RowwiseParallel()}  # fmt: skip
+        parallelize_module(model, mesh, plan)
+        report = shapecheck.explain(model, torch.randn(2, 3, dim))
+    if kind == "colwise twice":
+        expected = "tp-colwise-colwise"
+    elif heads % tp:
+        expected = "tp-divisible"
+    else:
+        expected = "tp-global-size" if kind == "global heads" else None
+    if expected is None:
+        assert report.ok, report.failure
+        return
+    first = _first(report)
+    assert first.rule == expected, [d.rule for d in report.diagnoses]
+    assert first.verified, first.message
+    assert first.verified_by == "real run"
