@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-EXTRAS = {"demo": "examples", "test": "test,examples", "lint": "test,examples,dev"}
+EXTRAS = {"demo": "examples", "test": "test,examples,zoo", "lint": "test,examples,zoo,dev"}
 
 #: What the floor smoke runs on the oldest admitted torch: import and demo, and the core of
 #: explain, the diagnoses and their fixes, shapecheck.testing, clarify and the CLI. The whole

@@ -46,6 +46,7 @@ class FixKind(Enum):
     EDIT_LAYER_INPUT = "edit-layer-input"
     EDIT_INPUT = "edit-input"
     REWRITE_CALL = "rewrite-call"
+    PROJECT_OPERAND = "project-operand"
     EDIT_TARGET = "edit-target"
     CONVERT_MODEL = "convert-model"
     REGISTER_MODULES = "register-modules"
@@ -59,6 +60,7 @@ class CallRewrite(Enum):
     FLATTEN_PER_SAMPLE = "flatten-per-sample"  # x.view(-1, n) -> x.flatten(1)
     RESIZE_TO_FIRST = "resize-to-first"  # torch.cat([a, b]) with b resized to a's spatial size
     SIZES = "sizes"  # x.view(2, 8, 4, 16) -> x.view(*RewriteCall.sizes)
+    RESHAPE = "reshape"  # x.view(...) -> x.reshape(...): copies when the memory order needs it
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,19 @@ class RewriteCall(Fix):
     #: instead; calls asking for other sizes run as written
     asked: tuple[int, ...] = ()
     sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProjectOperand(Fix):
+    """At one functional call of ``forward`` (found by its source line and name), pass operand
+    ``operand`` through a projection whenever it does not match the other one: the
+    ``downsample`` a residual shortcut lacks, made for each shape that needs one."""
+
+    kind: ClassVar[FixKind] = FixKind.PROJECT_OPERAND
+    edits: ClassVar[str] = "a line of forward()"
+    source: str = ""
+    name: str = ""
+    operand: int = 1
 
 
 @dataclass(frozen=True)

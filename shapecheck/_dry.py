@@ -44,6 +44,7 @@ class DryRun:
     def __init__(self, device: torch.device | None) -> None:
         self.device = device
         self.device_alias: dict[str, str] = {}
+        self.originals: dict[int, int] = {}
         self.target = device
         if device is not None and not available(device):
             self.target = torch.device("meta")
@@ -62,6 +63,8 @@ class DryRun:
             if id(t) not in fakes:
                 fakes[id(t)] = self._fake(mode, t)
         state = {name: fakes[id(t)] for name, t in _named_state(model)}
+        #: id of each fake -> id of the weight it stands for (what the trace saw is the fake)
+        self.originals = {id(fake): real for real, fake in fakes.items()}
         fake_args, fake_kwargs = tree_map(
             lambda v: self._fake_input(mode, v) if isinstance(v, torch.Tensor) else v,
             (args, kwargs),

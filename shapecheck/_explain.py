@@ -59,7 +59,10 @@ def explain(
         loss_fn: a loss module or function ``(output, target)``, traced after the forward under
             the path ``"loss"``; its failures are diagnosed too.
         target: the target passed to ``loss_fn``.
-        flops: count forward FLOPs per layer (torch's FlopCounterMode formulas).
+        flops: count forward FLOPs per layer: torch's FlopCounterMode formulas, and
+            shapecheck's own for what they miss (CPU attention kernels, fused encoder layers,
+            recurrent kernels, grouped matmuls). Ops that do work without a formula are listed
+            in ``report.flops_uncounted``, and the total is then shown as a lower bound.
         optimizer: ``"sgd"``, ``"sgd-momentum"``, ``"adam"`` or ``"adamw"``: run with
             autograd on and estimate one training step's memory (``report.training_memory``).
         **forward_kwargs: keyword arguments for the model's forward.
@@ -74,7 +77,7 @@ def explain(
         >>> report.ok, report.failure.path, report.diagnoses[0].rule
         (False, '6', 'missing-flatten')
     """
-    model = unwrapped(require_module(model))
+    model = _eager(unwrapped(require_module(model)))
     loss = loss_module(loss_fn)
     where = parse_device(device)
     _check_depth(depth)
@@ -97,6 +100,7 @@ def explain(
         param_bytes_by_dtype=totals.bytes_by_dtype, buffer_count=totals.buffer_count,
         buffer_bytes=totals.buffer_bytes, dry_run=trace.dry_run, depth=depth,
         total_flops=None if trace.flops is None else trace.flops.total,
+        flops_uncounted=None if trace.flops is None else dict(trace.flops.uncounted),
         training_memory=None if trace.saved is None or optimizer is None
         else training_memory(traced, trace.saved, optimizer),
         fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=repair.runs,
@@ -125,6 +129,18 @@ def _inputs(
     args = make_inputs(inputs, input_size, dtypes, place, shapes_only=dry_run)
     values = make_inputs(tuple(forward_kwargs.values()), None, None, place, arguments=True)
     return args, dict(zip(forward_kwargs, values, strict=True))
+
+
+def _eager(model: nn.Module) -> nn.Module:
+    """``model`` itself: an eager module. TorchScript runs without Python hooks, so a scripted
+    or traced model cannot be explained; its eager original can."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UsageError(
+            f"this {type(model).__name__} is a TorchScript module (torch.jit.script or "
+            "torch.jit.trace), which runs without the Python hooks explain() needs; pass the "
+            "nn.Module it was made from."
+        )
+    return model
 
 
 def _check_depth(depth: object) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.nn import functional as F
 
 from ._changes import (
@@ -29,6 +30,7 @@ from ._changes import (
     FixKind,
     InsertModule,
     Parallelize,
+    ProjectOperand,
     RegisterModules,
     ReplaceModule,
     RewriteCall,
@@ -39,6 +41,7 @@ from ._changes import (
 )
 from ._inputs import is_compiled
 from ._recorder import Rewrite
+from ._shapes import projection
 
 __all__ = ["View", "applied", "build", "run_ops", "swapped"]
 
@@ -237,14 +240,14 @@ def _edit_input(fix: EditInput, view: View) -> Iterator[View]:
     yield replace(view, args=tuple(args))
 
 
-def _flatten_per_sample(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _flatten_per_sample(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return torch.flatten(args[0], 1)
 
 
 def _resized_to_first(name: str) -> Rewrite:
     """The same join after resizing every tensor's spatial dims to the first one's."""
 
-    def join(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def join(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         tensors = list(args[0])
         spatial = tuple(tensors[0].shape[2:])
         fixed = [
@@ -258,7 +261,7 @@ def _resized_to_first(name: str) -> Rewrite:
 def _resized_call(name: str, asked: tuple[int, ...], sizes: tuple[int, ...]) -> Rewrite:
     """The same ``view``/``reshape`` of the same tensor, to ``sizes`` where it asked ``asked``."""
 
-    def resize(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def resize(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         given = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
         new = sizes if tuple(given) == asked else tuple(given)
         return getattr(args[0], name)(*new, **kwargs)
@@ -266,15 +269,44 @@ def _resized_call(name: str, asked: tuple[int, ...], sizes: tuple[int, ...]) -> 
     return resize
 
 
+def _reshaped(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0].reshape(*args[1:], **kwargs)
+
+
 @_interprets(FixKind.REWRITE_CALL)
 @contextmanager
 def _rewrite_call(fix: RewriteCall, view: View) -> Iterator[View]:
-    rewrite: Rewrite = _flatten_per_sample
-    if fix.rewrite is CallRewrite.RESIZE_TO_FIRST:
-        rewrite = _resized_to_first(fix.name)
-    elif fix.rewrite is CallRewrite.SIZES:
-        rewrite = _resized_call(fix.name, fix.asked, fix.sizes)
+    rewrites: dict[CallRewrite, Rewrite] = {
+        CallRewrite.FLATTEN_PER_SAMPLE: _flatten_per_sample,
+        CallRewrite.RESIZE_TO_FIRST: _resized_to_first(fix.name),
+        CallRewrite.RESHAPE: _reshaped,
+        CallRewrite.SIZES: _resized_call(fix.name, fix.asked, fix.sizes),
+    }
+    rewrite = rewrites[fix.rewrite]
     yield replace(view, rewrites={**view.rewrites, (fix.source, fix.name): rewrite})
+
+
+@_interprets(FixKind.PROJECT_OPERAND)
+@contextmanager
+def _project_operand(fix: ProjectOperand, view: View) -> Iterator[View]:
+    """The call with its shortcut operand projected where the shapes differ; one projection
+    per pair of shapes for the whole re-run, with the operand's dtype and device."""
+    made: dict[tuple[tuple[int, ...], tuple[int, ...]], nn.Module] = {}
+
+    def projected(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        operand, other = args[fix.operand], args[1 - fix.operand]
+        shapes = (tuple(other.shape), tuple(operand.shape))
+        spec = projection(*shapes) if shapes[0] != shapes[1] else None
+        if spec is None:
+            return func(*args, **kwargs)
+        if shapes not in made:
+            with unset_fake_temporarily():  # real weights, even inside a dry run's fake mode
+                made[shapes] = build(spec).to(operand.device, operand.dtype)
+        changed = list(args)
+        changed[fix.operand] = made[shapes](operand)
+        return func(*changed, **kwargs)
+
+    yield replace(view, rewrites={**view.rewrites, (fix.source, fix.name): projected})
 
 
 @_interprets(FixKind.EDIT_TARGET)

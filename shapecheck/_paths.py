@@ -39,6 +39,8 @@ class PathIndex:
             self.children[id(module)] = names
         for path, module in (extra or {}).items():
             self.canonical.setdefault(id(module), path)
+        #: how deeply modules nest (1 for a model without children)
+        self.depth = 1 + max((p.count(".") + 1 for p in self.canonical.values() if p), default=0)
 
     def path_of(self, module: nn.Module, parent: ModuleFrame | None) -> str:
         """The path of this call of ``module`` made while ``parent`` is running."""

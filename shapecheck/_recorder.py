@@ -29,8 +29,8 @@ from ._source import caller_source
 
 __all__ = ["FunctionMode", "Recorder", "Rewrite", "Row", "function_name", "hooks", "owned_counts"]
 
-#: Replaces one functional call during a re-run: (args, kwargs) -> result.
-Rewrite = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+#: Replaces one functional call during a re-run: (the call, args, kwargs) -> result.
+Rewrite = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
 # Calls that read metadata or only move bytes: never rows in the table.
 _BOOKKEEPING = frozenset({
@@ -42,6 +42,20 @@ _BOOKKEEPING = frozenset({
 })  # fmt: skip
 # Bookkeeping calls whose result stands for their input (same values): it keeps the provenance.
 _SAME_VALUES = frozenset({"contiguous", "detach", "requires_grad_"})
+_IN_PLACE_OPERATORS = frozenset({
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+    "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__",
+    "__setitem__",
+})  # fmt: skip
+
+
+def writes_in_place(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> bool:
+    """``x.mul_(2)``, ``x += 1``, ``x[0] = 1``, ``F.relu(x, inplace=True)``,
+    ``torch.add(a, b, out=x)``: it writes into its first argument (or ``out``)."""
+    name = getattr(func, "__name__", "")
+    in_place = name.endswith("_") and not name.endswith("__") and not name.startswith("_")
+    return (in_place or name in _IN_PLACE_OPERATORS or "out" in kwargs
+            or kwargs.get("inplace") is True)  # fmt: skip
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -78,6 +92,8 @@ class Row:
     flops_start: int | None = None
     flops: int | None = None
     shard: ModuleShard | None = None
+    uncounted_start: int = 0
+    flops_uncounted: int = 0
 
 
 class Recorder:
@@ -109,6 +125,7 @@ class Recorder:
         self.stack: list[ModuleFrame] = []
         self.events: list[tuple[BaseException, int]] = []
         self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
+        self.read: set[int] = set()  # ids of the tensors functional calls were given
         self.busy = False
         self.counter: FlopCounter | None = None
         # provenance: id(tensor) -> (weak reference, key); key -> the row that made it, or
@@ -118,6 +135,10 @@ class Recorder:
         self._made_by: dict[int, int] = {}
         self._position: dict[int, int] = {}
         self._next_key = 0
+        # the caller's input tensors, by storage, on a real run; a copy of each one the forward
+        # writes into in place, to put back after the run
+        self._input_storages: dict[int, torch.Tensor] = {}
+        self._saved_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _flops_now(self) -> int | None:
         # one running total, read at the start and end of each call: O(1) per call
@@ -126,6 +147,7 @@ class Recorder:
     def _flops_end(self, row: Row) -> None:
         if self.counter is not None and row.flops_start is not None:
             row.flops = self.counter.total - row.flops_start
+            row.flops_uncounted = self.counter.uncounted_calls - row.uncounted_start
 
     def _key(self, tensor: torch.Tensor) -> int:
         known = self._keys.get(id(tensor))
@@ -170,15 +192,44 @@ class Recorder:
             self.busy = busy
 
     def model_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[TensorInfo, ...]:
-        """The model's inputs, each positional tensor argument remembered as such."""
+        """The model's inputs, each positional tensor argument remembered as such, and (on
+        real tensors) their storages, so an in-place write into one can be undone."""
         busy, self.busy = self.busy, True
         try:
             for position, arg in enumerate(args):
                 if isinstance(arg, torch.Tensor):
                     self._position.setdefault(self._key(arg), position)
+            for t in tensors_in((args, kwargs)):
+                if not isinstance(t, FakeTensor) and not t.is_meta and t.layout == torch.strided:
+                    self._input_storages.setdefault(_storage_key(t), t)
         finally:
             self.busy = busy
         return self.infos((args, kwargs))
+
+    def _guard_input(self, func: Callable[..., Any], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> None:  # fmt: skip
+        """Before an in-place write into a caller's input (or a view of one), keep a copy."""
+        target = kwargs.get("out", args[0] if args else None)
+        if not isinstance(target, torch.Tensor) or not writes_in_place(func, kwargs):
+            return
+        busy, self.busy = self.busy, True
+        try:
+            key = _storage_key(target)
+            original = self._input_storages.get(key)
+            if original is not None and key not in self._saved_inputs:
+                self._saved_inputs[key] = (original, original.detach().clone())
+        finally:
+            self.busy = busy
+
+    def restore_inputs(self) -> None:
+        """Put back every caller's input that the forward wrote into."""
+        busy, self.busy = self.busy, True
+        try:
+            with torch.no_grad():
+                for original, copy in self._saved_inputs.values():
+                    original.copy_(copy)
+        finally:
+            self.busy = busy
 
     def _same_values(self, result: Any, source: Any) -> None:
         """``result`` of ``x.contiguous()`` or ``x.detach()`` stands for ``x``."""
@@ -232,6 +283,7 @@ class Recorder:
             inputs=self.infos((args, kwargs), raw=raw), params=params, trainable=trainable,
             summary=describe_module(module), parent=parent.row if parent else None,
             flops_start=self._flops_now(), shard=self.shards.get(id(module)),
+            uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         ))  # fmt: skip
         self.module_at[row] = module
         records = not type(module).__module__.startswith("torch.")
@@ -291,6 +343,8 @@ class Recorder:
 
     # -- functional ops -------------------------------------------------------------------------
     def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self._input_storages and not self.busy:
+            self._guard_input(func, args, kwargs)
         frame = self.stack[-1] if self.stack else None
         if self.busy or self.quiet or frame is None or not frame.records_functions:
             return func(*args, **kwargs)
@@ -305,14 +359,21 @@ class Recorder:
         rewrites = self.rewrites
         rewrite = (rewrites.get((source or "", name)) or rewrites.get(("*", name))) if rewrites \
             else None  # fmt: skip
+        given = self.infos((args, kwargs))
+        self.read.update(
+            id(t)
+            for t in tensors_in((args, kwargs))
+            if t.requires_grad or isinstance(t, nn.Parameter)
+        )  # weights read directly: F.linear(x, w)
         row = Row(
             path=frame.path, kind="function", type=name, depth=len(self.stack),
-            inputs=self.infos((args, kwargs)), params=0, trainable=0,
+            inputs=given, params=0, trainable=0,
             summary=f"{name}({arguments})", parent=frame.row, source=source, arguments=arguments,
             flops_start=self._flops_now(),
+            uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         )  # fmt: skip
         try:
-            result = rewrite(args, kwargs) if rewrite else func(*args, **kwargs)
+            result = rewrite(func, args, kwargs) if rewrite else func(*args, **kwargs)
         except Exception as error:
             row.failed = True
             self._flops_end(row)
@@ -393,11 +454,14 @@ def _flowing(
 
 @contextmanager
 def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -> Iterator[None]:
-    """The recorder's hooks on every module; on a sharded model also ``early_*`` hooks that run
-    before the ParallelStyle and FSDP hooks (registered first, they would run after)."""
+    """Both hooks on every module; a TorchScript submodule cannot take hooks (its calls then
+    show as the ops of the module that calls it). On a sharded model also ``early_*`` hooks
+    that run before the ParallelStyle and FSDP hooks (registered first, they would run after)."""
     handles = []
     try:
         for module in modules:
+            if isinstance(module, torch.jit.ScriptModule):
+                continue
             if sharded:
                 handles.append(module.register_forward_pre_hook(
                     recorder.early_pre_hook, with_kwargs=True, prepend=True))  # fmt: skip
@@ -410,6 +474,11 @@ def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _storage_key(tensor: torch.Tensor) -> int:
+    """The address of the memory behind ``tensor``: shared by every view of it."""
+    return int(tensor.untyped_storage()._cdata)
 
 
 def owned_counts(modules: list[nn.Module]) -> dict[int, tuple[int, int]]:

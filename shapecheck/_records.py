@@ -119,6 +119,8 @@ class Layer:
     source: str | None = None
     arguments: str = ""
     flops: int | None = None
+    #: calls inside this one that do work but have no FLOPs formula: ``flops`` is then a floor
+    flops_uncounted: int = 0
     rank_params: int | None = None
     rank_param_bytes: int | None = None
     param_placements: tuple[tuple[str, tuple[str, ...]], ...] = ()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import textwrap
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from ._report import Report
 
 __all__ = [
-    "plan_text", "render_html", "render_ranks", "render_report", "render_table", "step_lines",
+    "flops_text", "plan_text", "render_html", "render_ranks", "render_report", "render_table",
+    "step_lines",
 ]  # fmt: skip
 
 WIDTH = 100
@@ -71,19 +73,36 @@ def _sharded_cells(layer: Layer, flops: bool) -> tuple[str, ...] | None:
     return (*cells, "") if flops else cells
 
 
+_SI = (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3))
+
+
 def _si(n: int) -> str:
     """``950``, ``1.51M``, ``8.18G``: three digits, so the column stays narrow."""
-    for unit, scale in (("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(n)
+    return next((f"{n / scale:.3g}{unit}" for unit, scale in _SI if n >= scale), str(n))
+
+
+def flops_text(total: int, uncounted: Mapping[str, int]) -> str:
+    """The total FLOPs as text; with ops left uncounted, a lower bound that names them.
+
+    Example:
+        >>> flops_text(10_485_760, {"mkldnn_rnn_layer": 2})
+        '≥ 10.5 MFLOPs; not counted: mkldnn_rnn_layer (2 calls)'
+        >>> flops_text(950, {})
+        '950 FLOPs'
+    """
+    scaled = next((f"{total / s:.3g} {unit}" for unit, s in _SI if total >= s), f"{total} ")
+    if not uncounted:
+        return f"{scaled}FLOPs"
+    ops = ", ".join(f"{name} ({calls} call{'' if calls == 1 else 's'})"
+                    for name, calls in sorted(uncounted.items()))  # fmt: skip
+    return f"≥ {scaled}FLOPs; not counted: {ops}"
 
 
 def _row_cells(layer: Layer, flops: bool) -> tuple[str, ...]:
     if not flops:
         return _cells(layer)
     counted = "" if layer.flops is None or (layer.kind == "function" and not layer.flops) \
-        else _si(layer.flops)  # fmt: skip
+        else ("≥" if layer.flops_uncounted else "") + _si(layer.flops)  # fmt: skip
     return (*_cells(layer), counted)
 
 
@@ -151,7 +170,9 @@ def render_totals(report: Report) -> str:
         lines.append(f"buffers    {count(report.buffer_count)} values · "
                      f"{nbytes(report.buffer_bytes)}")  # fmt: skip
     if report.total_flops is not None:
-        lines.append(f"flops      {count(report.total_flops)} forward")
+        uncounted = report.flops_uncounted or {}
+        exact = f"{count(report.total_flops)} forward" if not uncounted else ""
+        lines.append(f"flops      {exact or flops_text(report.total_flops, uncounted)}")
     if report.training_memory is not None:
         on = "" if report.rank is None else f" on rank {report.rank}"
         lines += _memory_lines(report.training_memory, on)

@@ -71,15 +71,10 @@ class Repair:
 def context(trace: Trace, view: View, loss: nn.Module | None = None) -> Context:
     """What the rules read of one trace of ``view``."""
     return Context(
-        trace.layers,
-        trace.failure,
-        trace.inputs,
-        trace.module_at,
-        view.model,
-        trace.dry_run,
-        trace.weights_on,
-        loss,
-    )
+        trace.layers, trace.failure, trace.inputs, trace.module_at, view.model, trace.dry_run,
+        trace.weights_on, loss, trace.batch, trace.outputs, trace.weights_read,
+        trace.output_batch,
+    )  # fmt: skip
 
 
 def diagnose(repair: Repair, trace: Trace) -> list[Diagnosis]:

@@ -38,6 +38,8 @@ class Report:
     dry_run: bool
     depth: int | None = None
     total_flops: int | None = None
+    #: ops that do work but have no FLOPs formula (name -> calls): ``total_flops`` is a floor
+    flops_uncounted: dict[str, int] | None = None
     #: one training step's memory by part, when ``explain(..., optimizer=...)`` asked for it
     training_memory: TrainingMemory | None = None
     #: why a dry run went on for real (fake tensors could not run it), else None

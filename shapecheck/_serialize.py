@@ -45,6 +45,7 @@ def _layer(layer: Layer) -> dict[str, Any]:
         "failed": layer.failed,
         "source": layer.source,
         "flops": layer.flops,
+        "flops_uncounted": layer.flops_uncounted,
         "output_bytes": layer.output_bytes,
         **_rank_counts(layer),
     }
@@ -122,6 +123,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "buffer_count": report.buffer_count,
         "buffer_bytes": report.buffer_bytes,
         "total_flops": report.total_flops,
+        "flops_uncounted": report.flops_uncounted,
         "fallback": report.fallback,
         "unconfirmed": report.unconfirmed,
         "reruns": report.reruns,

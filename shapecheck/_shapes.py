@@ -9,9 +9,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ._changes import Build
+
 __all__ = [
-    "Window", "halvings", "min_input", "multiple_below", "output_size", "per_dim",
-]  # fmt: skip
+    "Window",
+    "halvings",
+    "min_input",
+    "multiple_below",
+    "output_size",
+    "per_dim",
+    "projection",
+]
 
 
 @dataclass(frozen=True)
@@ -72,3 +80,25 @@ def halvings(size: int, smallest: int) -> int:
 def multiple_below(size: int, factor: int) -> int:
     """The nearest multiple of ``factor`` at or below ``size`` (``factor`` when that is 0)."""
     return max(factor, size - size % factor)
+
+
+def projection(branch: Sequence[int], shortcut: Sequence[int]) -> Build | None:
+    """The module that turns a shortcut of shape ``shortcut`` into one like ``branch`` (what a
+    ResNet's ``downsample`` does): a strided 1x1 conv and a BatchNorm for images, a Linear for
+    features; None when no such module fits (a branch larger than its shortcut, say).
+
+    Example:
+        >>> projection((8, 128, 16, 16), (8, 64, 32, 32)).args[0].kwargs
+        (('stride', 2), ('bias', False))
+        >>> projection((8, 10, 32), (8, 10, 16)).cls, projection((2, 5), (3, 5))
+        ('Linear', None)
+    """
+    if len(branch) == 4 and len(shortcut) == 4 and branch[0] == shortcut[0] and branch[2]:
+        stride = shortcut[2] // branch[2]
+        if not stride or tuple(shortcut[2:]) != tuple(s * stride for s in branch[2:]):
+            return None
+        conv = Build("Conv2d", (shortcut[1], branch[1], 1), (("stride", stride), ("bias", False)))
+        return Build("Sequential", (conv, Build("BatchNorm2d", (branch[1],))))
+    if len(branch) in (2, 3) and len(shortcut) == len(branch) and branch[:-1] == shortcut[:-1]:
+        return Build("Linear", (shortcut[-1], branch[-1]))
+    return None

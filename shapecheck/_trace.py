@@ -8,6 +8,7 @@ raises; it never diagnoses and never prints.
 from __future__ import annotations
 
 import gc
+import random
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
@@ -73,6 +74,12 @@ class Trace:
     saved: SavedTensors | None = None
     fallback: str | None = None
     unconfirmed: bool = False
+    #: samples in the model's first input: a tensor's leading dim, a list's length
+    batch: int | None = None
+    #: the same of the model's output (None when it failed or holds no tensor)
+    output_batch: int | None = None
+    #: ids of the model's weights that a functional call was given (``F.linear(x, self.w)``)
+    weights_read: frozenset[int] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -94,14 +101,20 @@ def gc_paused() -> Iterator[None]:
 
 
 class _Restore:
-    """Training flags, buffers and RNG state, put back exactly as found."""
+    """Training flags, buffers, the RNG states (torch's and Python's ``random``) and the
+    recursion limit, put back exactly as found."""
 
-    def __init__(self, model: nn.Module, buffers: bool) -> None:
+    def __init__(self, model: nn.Module, buffers: bool, depth: int) -> None:
         self.flags = [(m, m.training) for m in model.modules()]
         self.buffers = [(b, b.detach().clone()) for b in model.buffers()] if buffers else []
         self.cpu_rng = torch.get_rng_state()
         cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
         self.cuda_rng = torch.cuda.get_rng_state_all() if cuda_ready else None
+        self.python_rng = random.getstate()
+        self.limit = sys.getrecursionlimit()
+        # a hooked module call takes 4 frames (3 without hooks): nesting as deep as PyTorch
+        # itself runs must not hit the limit because of the hooks
+        sys.setrecursionlimit(max(self.limit, self.limit + 2 * depth))
 
     def __call__(self) -> None:
         for module, training in self.flags:
@@ -112,6 +125,8 @@ class _Restore:
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
+        random.setstate(self.python_rng)
+        sys.setrecursionlimit(self.limit)
 
 
 @gc_paused()  # the whole trace, set-up and records included
@@ -200,6 +215,18 @@ def activation_bytes(trace: Trace) -> int:
     return leaves + sum(t.nbytes for t in trace.inputs)
 
 
+def _batch_of(args: tuple[Any, ...]) -> int | None:
+    """The samples in the first input: a tensor's leading dim, or how many tensors a list of
+    them holds (detection models take a list of images)."""
+    first = args[0] if args else None
+    if isinstance(first, torch.Tensor):
+        return int(first.shape[0]) if first.dim() else None
+    if isinstance(first, (list, tuple)) and first and all(isinstance(t, torch.Tensor)
+                                                          for t in first):  # fmt: skip
+        return len(first)
+    return None
+
+
 def _same_place(real: Trace, dry: Trace) -> bool:
     return (
         real.failure is not None
@@ -229,13 +256,13 @@ def _run_once(
     dry = DryRun(device) if dry_run else None
     counter = FlopCounter() if flops else None
     saving = SavedTensors(model) if saved else None
+    paths = PathIndex(model, extra)
     sharded = is_sharded(model)  # read before the forward: FSDP2 gathers inside it
     recorder = Recorder(
-        PathIndex(model, extra), owned_counts(modules),
-        dry.device_alias if dry else {}, rewrites or {},
+        paths, owned_counts(modules), dry.device_alias if dry else {}, rewrites or {},
         module_shards(modules) if sharded else None,
     )  # fmt: skip
-    restore = _Restore(model, buffers=not dry_run)
+    restore = _Restore(model, buffers=not dry_run, depth=paths.depth)
     output: Any = None
     error: Exception | None = None
     model_inputs: tuple[TensorInfo, ...] = ()
@@ -264,8 +291,13 @@ def _run_once(
         error = exc
     finally:
         restore()
+        recorder.restore_inputs()
     trace = _finish(model, recorder, model_inputs, output, error, dry_run)
     trace.flops, trace.saved = counter, saving
+    trace.batch = _batch_of(args)
+    trace.output_batch = _batch_of((output,)) if error is None else None
+    originals = dry.originals if dry is not None else {}
+    trace.weights_read = frozenset(originals.get(key, key) for key in recorder.read)
     if dry is not None and dry.target is not None:
         trace.weights_on = dry.device_alias.get(dry.target.type, str(dry.target))
     return trace
@@ -273,14 +305,19 @@ def _run_once(
 
 def _eager() -> AbstractContextManager[Any]:
     """Compiled submodules run eagerly while traced: hooks and fake tensors see every layer,
-    and nothing is compiled just to be explained (``set_stance`` exists from torch 2.6).
+    and nothing is compiled just to be explained (``set_stance("force_eager")`` from torch
+    2.6; before it, dynamo's ``disable`` setting, which compiles no frame while it is set).
 
-    Without torch._dynamo imported nothing can be compiled, and entering the stance would
+    Without torch._dynamo imported nothing can be compiled, and entering either would
     import it (about 75 MiB and a slow first call), so then there is nothing to do.
     """
-    set_stance = getattr(torch.compiler, "set_stance", None)
-    if set_stance is None or "torch._dynamo" not in sys.modules:
+    if "torch._dynamo" not in sys.modules:
         return nullcontext()
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        patched: AbstractContextManager[Any] = sys.modules["torch._dynamo"].config.patch(
+            disable=True)  # fmt: skip
+        return patched
     stance: AbstractContextManager[Any] = set_stance("force_eager")
     return stance
 
@@ -297,7 +334,7 @@ def _finish(
         Layer(index=i, path=r.path, kind=r.kind, type=r.type, depth=r.depth,  # type: ignore[arg-type]
               inputs=r.inputs, outputs=r.outputs, params=r.params, trainable=r.trainable,
               summary=r.summary, parent=r.parent, failed=r.failed, source=r.source,
-              arguments=r.arguments, flops=r.flops,
+              arguments=r.arguments, flops=r.flops, flops_uncounted=r.flops_uncounted,
               rank_params=r.shard.params if r.shard else None,
               rank_param_bytes=r.shard.nbytes if r.shard else None,
               param_placements=r.shard.placements if r.shard else ())

@@ -1,14 +1,15 @@
 """A generator of broken models: small real architectures with one injected mistake, in any of
 four dtypes. Shared by ``test_verified.py`` (a CI-sized sample) and
-``benchmarks/verified_sweep.py`` (the long run). Nothing here uses shapecheck.
+``benchmarks/repair_check.py`` (the long run). Nothing here uses shapecheck.
 
 Families: CNN stacks (conv, BatchNorm, pooling, flatten, linear), MLPs (LayerNorm/BatchNorm1d),
-custom forwards with ``view``/``permute``, residual blocks with an add or a ``torch.cat`` skip,
-embedding + LSTM/GRU taggers, and attention over embeddings. Mistakes: a missing flatten, wrong
-``in_features``/``in_channels``/``num_features``/``normalized_shape``/``input_size``/
-``embed_dim``, a channels-last or unbatched input, an input of another dtype, an input too small,
-a ``view(-1, n)`` that guesses the batch, ids beyond the vocabulary, an odd size into a U-Net
-skip, a recurrent layout mistake.
+custom forwards with ``view``/``permute``, attention written by hand, residual blocks with an add
+or a ``torch.cat`` skip, embedding + LSTM/GRU taggers, and attention over embeddings. Mistakes:
+a missing flatten; a wrong ``in_features``/``in_channels``/``num_features``/``normalized_shape``/
+``input_size``/``embed_dim``; a channels-last, unbatched, integer or wrongly sized input, or one
+of another dtype; an input too small; a ``view`` that guesses the batch, does not divide or views
+a transposed tensor; heads that do not divide the features; ids beyond the vocabulary; an odd
+size into a U-Net skip; a shortcut without its projection; a recurrent layout mistake.
 """
 
 from __future__ import annotations
@@ -45,10 +46,20 @@ def _floats(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _cnn(draw: Draw, dtype: torch.dtype) -> Case:
-    mistake = draw(st.sampled_from([
-        "no-flatten", "in-features", "conv-channels", "bn-features", "channels-last", "unbatched",
-        "input-dtype", "too-small",
-    ]))  # fmt: skip
+    mistake = draw(
+        st.sampled_from(
+            [
+                "no-flatten",
+                "in-features",
+                "conv-channels",
+                "bn-features",
+                "channels-last",
+                "unbatched",
+                "input-dtype",
+                "too-small",
+            ]
+        )
+    )
     c_in, size, blocks = draw(st.sampled_from([1, 3])), draw(st.sampled_from([8, 12, 16])), 2
     batch = draw(st.integers(1, 4))
     layers: list[nn.Module] = []
@@ -74,8 +85,11 @@ def _cnn(draw: Draw, dtype: torch.dtype) -> Case:
         x = x[0]
     elif mistake == "too-small":
         x = torch.randn(batch, c_in, 1, 1)
-    x_dtype = draw(st.sampled_from([d for d in DTYPES if d != dtype])) \
-        if mistake == "input-dtype" else dtype  # fmt: skip
+    x_dtype = (
+        draw(st.sampled_from([d for d in DTYPES if d != dtype]))
+        if mistake == "input-dtype"
+        else dtype
+    )
     return Case(model, (_floats(x, x_dtype),), "cnn", mistake, dtype)
 
 
@@ -88,8 +102,11 @@ def _mlp(draw: Draw, dtype: torch.dtype) -> Case:
     wrong = features + (2 if mistake == "in-features" else 0)
     model = nn.Sequential(nn.Linear(wrong, hidden), norm, nn.GELU(), nn.Linear(hidden, 3))
     x = torch.randn(draw(st.integers(2, 5)), features)
-    x_dtype = draw(st.sampled_from([d for d in DTYPES if d != dtype])) \
-        if mistake == "input-dtype" else dtype  # fmt: skip
+    x_dtype = (
+        draw(st.sampled_from([d for d in DTYPES if d != dtype]))
+        if mistake == "input-dtype"
+        else dtype
+    )
     return Case(model.to(dtype), (x.to(x_dtype),), "mlp", mistake, dtype)
 
 
@@ -111,6 +128,67 @@ class _ViewNet(nn.Module):
         return self.fc(out)
 
 
+class _Heads(nn.Module):
+    """Self-attention written by hand: heads split with view, merged back with view."""
+
+    def __init__(self, heads: int, dim: int, split: int) -> None:
+        super().__init__()
+        self.heads, self.split, self.qkv = heads, split, nn.Linear(heads * dim, 3 * heads * dim)
+        self.out = nn.Linear(heads * dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (y.view(b, t, self.split, -1).transpose(1, 2) for y in self.qkv(x).chunk(3, -1))
+        att = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v  # (b, heads, t, dim)
+        return self.out(att.transpose(1, 2).view(b, t, c))  # a view of a transposed tensor
+
+
+class _Classifier(nn.Module):
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(features, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.fc(x), dim=1)
+
+
+class _Stem(nn.Module):
+    """A patch embedding that checks the image size it was built for, as ViTs do."""
+
+    def __init__(self, img_size: int) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.proj, self.head = nn.Conv2d(3, 8, 4, stride=4), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[-1] == self.img_size, f"Input width ({x.shape[-1]}) doesn't match model"
+        return self.head(self.proj(x).flatten(2).mean(-1))
+
+
+def _attention_by_hand(draw: Draw, dtype: torch.dtype) -> Case:
+    mistake = draw(
+        st.sampled_from(
+            ["merge-view", "heads-split", "softmax-unbatched", "image-size", "uint8-image"]
+        )
+    )
+    heads, dim = draw(st.integers(2, 4)), draw(st.integers(2, 4))
+    if mistake in ("merge-view", "heads-split"):
+        split = heads + 1 if mistake == "heads-split" else heads
+        x = torch.randn(draw(st.integers(1, 3)), draw(st.integers(2, 5)), heads * dim)
+        return Case(_Heads(heads, dim, split).to(dtype), (x.to(dtype),), "by-hand", mistake, dtype)
+    if mistake == "softmax-unbatched":
+        features = draw(st.integers(2, 8))
+        model: nn.Module = _Classifier(features)
+        return Case(model.to(dtype), (torch.randn(features).to(dtype),), "by-hand", mistake, dtype)
+    size = 4 * draw(st.integers(2, 5))
+    model = _Stem(size)
+    if mistake == "image-size":
+        x = torch.randn(draw(st.integers(1, 3)), 3, size + 4, size + 4).to(dtype)
+    else:
+        x = torch.randint(0, 256, (draw(st.integers(1, 3)), 3, size, size), dtype=torch.uint8)
+    return Case(model.to(dtype), (x,), "by-hand", mistake, dtype)
+
+
 def _custom(draw: Draw, dtype: torch.dtype) -> Case:
     mistake = draw(st.sampled_from(["view-guess", "view-size", "permute"]))
     size = draw(st.sampled_from([8, 16]))
@@ -130,11 +208,13 @@ class _Residual(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = nn.Conv2d(c_in, c_out, 1, stride=stride) if project \
-            else nn.Identity()  # fmt: skip
+        self.shortcut: nn.Module = (
+            nn.Conv2d(c_in, c_out, 1, stride=stride) if project else nn.Identity()
+        )
         self.join = join
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(c_out * (2 if join == "cat" else 1), 2))  # fmt: skip
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_out * (2 if join == "cat" else 1), 2)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
@@ -232,8 +312,14 @@ def _attention(draw: Draw, dtype: torch.dtype) -> Case:
 
 
 _FAMILIES: list[Callable[[Draw, torch.dtype], Case]] = [
-    _cnn, _mlp, _custom, _skips, _tagger, _attention,
-]  # fmt: skip
+    _cnn,
+    _mlp,
+    _custom,
+    _skips,
+    _tagger,
+    _attention,
+    _attention_by_hand,
+]
 
 
 @st.composite

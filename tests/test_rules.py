@@ -29,8 +29,14 @@ Case = tuple[nn.Module, tuple[Any, ...], Any, Any]  # model, args, loss_fn, targ
 
 def runs(view: View, loss: nn.Module | None, dry_run: bool) -> bool:
     """The fixed view run once (real or on fake tensors), loss included."""
-    trace = run_trace(view.model, view.args, view.kwargs, dry_run=dry_run,
-                      rewrites=view.rewrites, **loss_hooks(loss, view.target))  # fmt: skip
+    trace = run_trace(
+        view.model,
+        view.args,
+        view.kwargs,
+        dry_run=dry_run,
+        rewrites=view.rewrites,
+        **loss_hooks(loss, view.target),
+    )
     return trace.ok
 
 
@@ -146,7 +152,85 @@ CASES: dict[str, Callable[[], Case]] = {
         nn.CrossEntropyLoss(),
         F.one_hot(torch.randint(0, 3, (5,), generator=_rng()), 3),
     ),
+    "residual-mismatch": lambda: (_NoDownsample(), (torch.randn(2, 4, 8, 8),), None, None),
+    "view-size": lambda: (_LeNet(), (torch.randn(2, 1, 28, 28),), None, None),
+    "view-contiguous": lambda: (_Heads(split=False), (torch.randn(2, 5, 12),), None, None),
+    "dim-out-of-range": lambda: (_Probs(), (torch.randn(6),), None, None),
+    "input-size": lambda: (_PatchEmbed(), (torch.randn(2, 3, 8, 8),), None, None),
 }
+
+
+class _NoDownsample(nn.Module):
+    """A residual block whose first conv doubles the channels and halves the size, while its
+    shortcut passes the input on as it is: the downsample is missing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(4, 8, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(out + x)
+
+
+class _LeNet(nn.Module):
+    """LeNet written for 32x32 images, fed 28x28 MNIST digits: its view asks for 16*5*5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc = nn.Linear(16 * 5 * 5, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
+        out: torch.Tensor = self.fc(x.view(x.size(0), 16 * 5 * 5))
+        return out
+
+
+class _Heads(nn.Module):
+    """Attention heads split by hand: 3 heads of 5 for 12 features (``split``), or put back
+    together with ``view`` after the transpose that made them (``view-contiguous``)."""
+
+    def __init__(self, split: bool) -> None:
+        super().__init__()
+        self.split, self.qkv, self.out = split, nn.Linear(12, 12), nn.Linear(12, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q = self.qkv(x)
+        heads = q.view(b, t, 3, 5 if self.split else 4).transpose(1, 2).contiguous()  # (b, h, t, d)
+        out: torch.Tensor = self.out(heads.transpose(1, 2).view(b, t, c))
+        return out
+
+
+class _Probs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.fc(x), dim=1)
+
+
+class _PatchEmbed(nn.Module):
+    """A ViT-style patch embedding that checks its input against the size it was built for."""
+
+    def __init__(self, img_size: int = 32, patch_size: int = 8) -> None:
+        super().__init__()
+        self.img_size, self.patch_size = (img_size, img_size), patch_size
+        self.proj = nn.Conv2d(3, 16, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape
+        assert (h, w) == self.img_size, (
+            f"Input height ({h}) doesn't match model ({self.img_size[0]})."
+        )
+        out: torch.Tensor = self.proj(x).flatten(2).transpose(1, 2)
+        return out
 
 
 class _ViewNet(nn.Module):
@@ -167,7 +251,10 @@ class _Attn(nn.Module):
         return self.attn(x, x, x)[0]
 
 
-PLANS = {"view-batch"}  # rules whose fix is verified as the first step of a repair plan
+PLANS = {
+    "view-batch",
+    "view-size",
+}  # rules whose fix is verified as the first step of a repair plan
 
 
 def _build(rule: str) -> Case:
@@ -226,8 +313,12 @@ def test_rules_are_registered_once() -> None:
     # group and some a rank other than 0: tests/test_sharded.py and test_sharded_ranks.py
     assert {r.id for r in FAILURE_RULES if not r.id.startswith("tp-")} == set(CASES)
     assert {r.id for r in WARNING_RULES} == {
-        "view-batch", "reused-module", "unused-module", "softmax-before-loss", "batchnorm-batch1",
-    }  # fmt: skip
+        "view-batch",
+        "reused-module",
+        "unused-module",
+        "softmax-before-loss",
+        "batchnorm-batch1",
+    }
 
 
 def test_clarify_shows_the_new_diagnosis() -> None:
@@ -253,8 +344,9 @@ def test_cli_explain_shows_the_new_diagnosis(
 
 
 def test_loss_function_fails_at_path_loss() -> None:
-    report = shapecheck.explain(nn.Linear(4, 3), torch.randn(2, 4), loss_fn=F.cross_entropy,
-                                target=torch.tensor([[1], [2]]))  # fmt: skip
+    report = shapecheck.explain(
+        nn.Linear(4, 3), torch.randn(2, 4), loss_fn=F.cross_entropy, target=torch.tensor([[1], [2]])
+    )
     assert report.failure is not None
     assert report.failure.path == "loss"
     assert report.diagnoses[0].rule == "loss-target"
@@ -300,8 +392,9 @@ def test_warning_reused_module_counts_parameters() -> None:
 def test_warnings_on_models_that_run() -> None:
     assert "unused-module" in _warnings(_Unused(), torch.randn(2, 6))
     assert "view-batch" in _warnings(_ViewOk(), torch.randn(2, 8))
-    assert "batchnorm-batch1" in _warnings(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)),
-                                           torch.randn(1, 3, 8, 8))  # fmt: skip
+    assert "batchnorm-batch1" in _warnings(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), torch.randn(1, 3, 8, 8)
+    )
     soft = nn.Sequential(nn.Linear(6, 3), nn.Softmax(dim=1))
     rules = _warnings(
         soft, torch.randn(2, 6), loss_fn=nn.CrossEntropyLoss(), target=torch.tensor([0, 2])
@@ -311,8 +404,15 @@ def test_warnings_on_models_that_run() -> None:
 
 def test_no_warnings_on_a_clean_model() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
-    assert _warnings(model.eval(), torch.randn(2, 3, 8, 8), loss_fn=nn.CrossEntropyLoss(),
-                     target=torch.tensor([0, 1])) == []  # fmt: skip
+    assert (
+        _warnings(
+            model.eval(),
+            torch.randn(2, 3, 8, 8),
+            loss_fn=nn.CrossEntropyLoss(),
+            target=torch.tensor([0, 1]),
+        )
+        == []
+    )
 
 
 class _AttnAfterEmbedding(nn.Module):

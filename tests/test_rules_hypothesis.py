@@ -190,9 +190,12 @@ class _Unregistered(nn.Module):
         super().__init__()
         self.stem = stem
         self.loose: Any = (
-            {f"l{i}": m for i, m in enumerate(loose)} if container == "dict"
-            else tuple(loose) if container == "tuple" else loose
-        )  # fmt: skip
+            {f"l{i}": m for i, m in enumerate(loose)}
+            if container == "dict"
+            else tuple(loose)
+            if container == "tuple"
+            else loose
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -206,8 +209,9 @@ def _device_stack(draw: Draw) -> tuple[nn.Module, list[nn.Module], torch.Tensor]
     kind, n, width = draw(st.sampled_from(["mlp", "cnn", "rnn"])), draw(st.integers(1, 3)), 4
     loose: list[nn.Module] = [nn.Linear(width, width) for _ in range(n)]
     if kind == "cnn":  # a conv on meta does not check devices; the Linear head does (as CUDA)
-        stem = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten())  # fmt: skip
+        stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         return stem, loose, torch.randn(2, 3, 6, 6)
     if kind == "rnn":
         stem = draw(st.sampled_from([nn.GRU, nn.LSTM, nn.RNN]))(3, width, batch_first=True)
@@ -264,15 +268,135 @@ def attention_dim(draw: Draw) -> Case:
     return _Attend(front, attn), (torch.randn(n, length, e), memory), None, None
 
 
+class _Block(nn.Module):
+    """A residual block whose branch changes channels and/or stride, its shortcut identity."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(torch.relu(self.bn(self.conv1(x)))) + x)
+
+
+def residual_mismatch(draw: Draw) -> Case:
+    c_in = draw(st.integers(2, 6))
+    stride = draw(st.sampled_from([1, 2]))
+    c_out = c_in + draw(st.integers(1, 4)) if stride == 1 else draw(st.integers(2, 8))
+    model = nn.Sequential(
+        nn.Conv2d(3, c_in, 3, padding=1),
+        _Block(c_in, c_out, stride),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c_out, 3),
+    )
+    side = draw(st.sampled_from([8, 12, 16]))
+    return model, (torch.randn(draw(st.integers(1, 3)), 3, side, side),), None, None
+
+
+class _PerSampleView(nn.Module):
+    """A head that flattens with ``view(x.size(0), n)`` for a size it was not written for."""
+
+    def __init__(self, features: nn.Module, n: int) -> None:
+        super().__init__()
+        self.features, self.n, self.fc = features, n, nn.Linear(n, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.features(x)
+        out: torch.Tensor = self.fc(y.view(y.size(0), self.n))
+        return out
+
+
+def view_size(draw: Draw) -> Case:
+    c_in, side, s, layers, c = _cnn(draw)
+    n = c * draw(st.sampled_from([t for t in (1, 2, 3, 5, 7) if t != s])) ** 2
+    model = _PerSampleView(nn.Sequential(*layers), n)
+    return model, (torch.randn(draw(st.integers(1, 4)), c_in, side, side),), None, None
+
+
+class _MergeHeads(nn.Module):
+    def __init__(self, heads: int, dim: int) -> None:
+        super().__init__()
+        self.heads, self.proj = heads, nn.Linear(heads * dim, heads * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        split = self.proj(x).view(b, t, self.heads, c // self.heads).transpose(1, 2)
+        heads = split.contiguous()  # (b, h, t, d), as attention's output comes
+        out: torch.Tensor = heads.transpose(1, 2).view(b, t, c)  # needs reshape
+        return out
+
+
+def view_contiguous(draw: Draw) -> Case:
+    heads, dim = draw(st.integers(2, 4)), draw(st.integers(2, 5))
+    x = torch.randn(draw(st.integers(1, 3)), draw(st.integers(2, 6)), heads * dim)
+    return _MergeHeads(heads, dim), (x,), None, None
+
+
+class _Softmax(nn.Module):
+    def __init__(self, features: int, classes: int, dim: int) -> None:
+        super().__init__()
+        self.fc, self.dim = nn.Linear(features, classes), dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.fc(x), dim=self.dim)
+
+
+def dim_out_of_range(draw: Draw) -> Case:
+    features = draw(st.integers(2, 9))
+    model = _Softmax(features, draw(st.integers(2, 5)), dim=1)
+    return model, (torch.randn(features),), None, None  # one sample, no batch dim
+
+
+class _SizedStem(nn.Module):
+    """A patch embedding that checks the image size it was built for (as ViTs do)."""
+
+    def __init__(self, image_size: int, patch: int) -> None:
+        super().__init__()
+        self.image_size = image_size
+        self.proj = nn.Conv2d(3, 4, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            raise ValueError(
+                f"Wrong image size! Expected {self.image_size} but got {x.shape[-2]}x{x.shape[-1]}!"
+            )
+        out: torch.Tensor = self.proj(x).flatten(2).mean(-1)
+        return out
+
+
+def input_size(draw: Draw) -> Case:
+    patch = draw(st.sampled_from([2, 4]))
+    size = patch * draw(st.integers(2, 6))
+    fed = draw(st.sampled_from([s for s in (8, 12, 16, 20) if s != size]))
+    return _SizedStem(size, patch), (torch.randn(draw(st.integers(1, 3)), 3, fed, fed),), None, None
+
+
 FAMILIES: dict[str, Callable[[Draw], Case]] = {
-    "missing-flatten": missing_flatten, "linear-in-features": linear_in_features,
-    "view-batch": view_batch, "channels-last": channels_last,
-    "conv-in-channels": conv_in_channels, "missing-batch-dim": missing_batch_dim,
-    "input-too-small": input_too_small, "norm-features": norm_features, "dtype": dtype,
-    "device": device, "embedding-index": embedding_index, "attention-dim": attention_dim,
-    "cat-mismatch": cat_mismatch, "loss-target": loss_target, "rnn-input": rnn_input,
-}  # fmt: skip
-PER_FAMILY = 6  # 90 models: the whole file stays near 30 s on two busy cores
+    "missing-flatten": missing_flatten,
+    "linear-in-features": linear_in_features,
+    "view-batch": view_batch,
+    "channels-last": channels_last,
+    "conv-in-channels": conv_in_channels,
+    "missing-batch-dim": missing_batch_dim,
+    "input-too-small": input_too_small,
+    "norm-features": norm_features,
+    "dtype": dtype,
+    "device": device,
+    "embedding-index": embedding_index,
+    "attention-dim": attention_dim,
+    "cat-mismatch": cat_mismatch,
+    "loss-target": loss_target,
+    "rnn-input": rnn_input,
+    "residual-mismatch": residual_mismatch,
+    "view-size": view_size,
+    "view-contiguous": view_contiguous,
+    "dim-out-of-range": dim_out_of_range,
+    "input-size": input_size,
+}
+PER_FAMILY = 5  # 100 models: the whole file stays near 30 s on two busy cores
 
 
 def test_every_failure_rule_has_a_family() -> None:
@@ -290,8 +414,14 @@ def check_second_steps(case: Case, found: list[tuple[Finding, bool]]) -> None:
     for finding in [finding for finding, ok in found[:MAX_CANDIDATES] if not ok]:
         with planned(base, (finding.fix,)) as first:
             hooks = loss_hooks(loss, first.target)
-            trace = run_trace(first.model, first.args, first.kwargs, dry_run=False,
-                              rewrites=first.rewrites, **hooks)  # fmt: skip
+            trace = run_trace(
+                first.model,
+                first.args,
+                first.kwargs,
+                dry_run=False,
+                rewrites=first.rewrites,
+                **hooks,
+            )
             if trace.failure is None:
                 continue
             for step in find(context(trace, first, loss), FAILURE_RULES)[:MAX_CANDIDATES]:
@@ -310,9 +440,11 @@ def _first_rule(case: Case) -> str | None:
 
 
 def _rates(firsts: dict[str, list[str | None]]) -> str:
-    lines = [f"  {family:<20} {sum(r == family for r in got)}/{len(got)}"
-             + "".join(f"  (got {r})" for r in got if r != family)
-             for family, got in sorted(firsts.items())]  # fmt: skip
+    lines = [
+        f"  {family:<20} {sum(r == family for r in got)}/{len(got)}"
+        + "".join(f"  (got {r})" for r in got if r != family)
+        for family, got in sorted(firsts.items())
+    ]
     return "\n".join(lines)
 
 

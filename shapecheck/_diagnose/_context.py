@@ -56,6 +56,14 @@ class Context:
     #: a dry run with a device ran every weight there (shown under this name); None otherwise
     weights_on: str | None = None
     loss: nn.Module | None = None  # the loss traced after the forward, if any
+    #: samples in the model's first input: a tensor's leading dim, a list's length
+    batch: int | None = None
+    #: the model's output tensors, when the forward ran
+    outputs: tuple[TensorInfo, ...] = ()
+    #: ids of weights that functional calls were given directly (``F.linear(x, self.w)``)
+    weights_read: frozenset[int] = frozenset()
+    #: samples in the model's output, counted as for the input (a list: its length)
+    output_batch: int | None = None
 
     def failed_layer(self) -> Layer | None:
         failure = self.failure

@@ -7,12 +7,30 @@ from .._records import Evidence, Failure, Layer
 from .._text import shape
 from ._context import Context, Finding
 
-__all__ = ["got", "headline", "layer_evidence", "layer_finding", "made_by", "pytorch", "where"]
+__all__ = [
+    "caller",
+    "got",
+    "headline",
+    "layer_evidence",
+    "layer_finding",
+    "made_by",
+    "pytorch",
+    "where",
+]
 
 
 def where(layer: Layer) -> str:
     """``'6' (Linear(512→32))``."""
     return f"'{layer.path}' ({layer.summary})"
+
+
+def caller(ctx: Context, layer: Layer) -> str:
+    """The module call a functional op ran in: ``'layer2.0' (BasicBlock)``, or ``the model
+    (Net)`` for the root's own forward."""
+    owner = ctx.layers[layer.parent] if layer.parent is not None else None
+    if owner is None:
+        return "the forward"
+    return f"'{owner.path}' ({owner.type})" if owner.path else f"the model ({owner.type})"
 
 
 def headline(layer: Layer, verb: str = "cannot take its input") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import torch
 from torch import nn
 
 from .._changes import Fix
@@ -12,6 +13,7 @@ from .._loss import LOSS_PATH
 from .._text import count, shape
 from ._context import Context, Finding
 from ._registry import warning_rule
+from ._words import caller
 from .loss import is_cross_entropy, loss_row
 from .view import batch_changing_views
 
@@ -26,13 +28,18 @@ __all__ = [
 
 @warning_rule("view-batch")
 def view_batch_warning(ctx: Context) -> list[Finding]:
-    """A ``view(-1, …)`` that ran but changed the number of samples."""
+    """A ``view(-1, …)`` that changed the number of samples, and the model's output has lost
+    the batch too. A (batch·seq) or window flatten that is undone later (GPT-2's Conv1D, Swin's
+    window partition) keeps the batch at the output and is fine."""
+    out = ctx.outputs[0].shape if ctx.outputs else ()
+    if ctx.batch is None or not out or ctx.batch in (out[0], ctx.output_batch):
+        return []  # one row per sample, or one output per sample (a list of them)
     findings = []
     for layer in batch_changing_views(ctx):
         x, y = layer.inputs[0].shape, layer.outputs[0].shape
         owner = ctx.layers[layer.parent].path if layer.parent is not None else ""
         head = (
-            f"call '{layer.type}({layer.arguments})' in '{owner}' changed the batch: "
+            f"call '{layer.type}({layer.arguments})' in {caller(ctx, layer)} changed the batch: "
             f"{x[0]} samples in, {y[0]} rows out"
         )
         cause = (
@@ -42,7 +49,9 @@ def view_batch_warning(ctx: Context) -> list[Finding]:
         fix = Fix(
             summary="flatten per sample", code="x = x.flatten(1)   # or x.view(x.size(0), -1)"
         )
-        findings.append(Finding(owner, head, (("got", shape(x)), ("made", shape(y))), cause, fix))
+        evidence = (("got", shape(x)), ("made", shape(y)), ("output", f"{shape(out)}   for "
+                    f"{ctx.batch} sample{'s' if ctx.batch != 1 else ''}"))  # fmt: skip
+        findings.append(Finding(owner, head, evidence, cause, fix))
     return findings
 
 
@@ -98,14 +107,29 @@ def reused_module(ctx: Context) -> list[Finding]:
     return findings
 
 
+def _weights_in_use(ctx: Context) -> set[int]:
+    """Ids of the weights the forward used: those of every module that ran, and those that
+    functional calls were given directly (``F.linear(x, self.qkv.weight, bias)``)."""
+    used = set(ctx.weights_read)
+    for module in ctx.module_at.values():
+        used.update(id(p) for p in module.parameters(recurse=False))
+    return used
+
+
 @warning_rule("unused-module")
 def unused_module(ctx: Context) -> list[Finding]:
-    """The top-most submodules with parameters that never ran, nor any module inside them."""
+    """The top-most submodules with parameters that never ran, nor any module inside them, and
+    whose weights nothing used: a weight tied to a module that ran (T5's ``shared``
+    embedding is its encoder's ``embed_tokens``) or read directly by the parent counts as used.
+    TorchScript submodules take no hooks, so whether they ran is not known: left out."""
     called = {id(m) for m in ctx.module_at.values()}
     dead = {id(m) for m in ctx.model.modules() if not any(id(x) in called for x in m.modules())}
+    used = _weights_in_use(ctx)
     findings = []
     for path, module in ctx.model.named_modules():
-        if not path or id(module) not in dead:
+        if not path or id(module) not in dead or isinstance(module, torch.jit.ScriptModule):
+            continue
+        if any(id(p) in used for p in module.parameters()):
             continue
         parent = ctx.model.get_submodule(path.rpartition(".")[0])
         if id(parent) in dead or _uses_children_directly(parent):

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from .._changes import ConvertModel, Fix, RegisterModules, TensorOp, Together
-from .._records import Evidence, Layer, TensorInfo
+from .._records import Evidence, Failure, Layer, TensorInfo
 from .._text import shape
 from ._context import Context, Finding
 from ._entry import at_entry, owner_of
@@ -62,24 +62,25 @@ def _evidence(layer: Layer, params: str | None) -> list[Evidence]:
 
 @failure_rule("dtype")
 def dtype(ctx: Context) -> list[Finding]:
-    """A layer whose input dtype differs from its weights' (or integer ids it needs)."""
+    """A layer whose input dtype differs from its weights' (or integer ids it needs), or an
+    integer tensor into an op that works on floats only."""
     layer, failure = ctx.failed_layer(), ctx.failure
     if layer is None or failure is None or not layer.inputs or layer.path == "loss":
         return []
     module = ctx.module(layer) if layer.kind == "module" else None
     want = _want_for(module, layer.inputs[0]) if module is not None else _function_want(layer)
+    floats = None if want else _float_for_integers(ctx, layer.inputs[0], failure.message)
+    want = want or floats
     if want is None:
         return []
     got = layer.inputs[0].dtype
-    hint = " / 255" if got == "uint8" and want in _FLOATS else ""
-    fix = at_entry(
-        ctx,
-        layer,
-        (TensorOp("to", (want,)),),
-        f"x = x{_cast(want)}{hint}",
-        f"cast the input to {want}",
-    )
+    image = got == "uint8" and want in _FLOATS  # 0..255 pixels: scale them as they are cast
+    ops = (TensorOp("to", (want,)), *((TensorOp("div", (255,)),) if image else ()))
+    code = f"x = x{_cast(want)}" + (" / 255" if image else "")
+    fix = at_entry(ctx, layer, ops, code, f"cast the input to {want}")
     owner = layer if layer.kind == "module" else owner_of(ctx, layer) or layer
+    if floats is not None:
+        return [_integers(layer, owner, failure, fix, want)]
     verb = (
         f"cannot take {got} input"
         if layer.kind == "module"
@@ -93,6 +94,52 @@ def dtype(ctx: Context) -> list[Finding]:
             Finding(owner.path, headline(owner, verb), evidence, cause, _model_cast(got), score=0.9)
         )
     return findings
+
+
+def _integers(layer: Layer, owner: Layer, failure: Failure, fix: Fix, want: str) -> Finding:
+    """An integer tensor into an op that computes in floating point (pooling, mean, softmax)."""
+    got = layer.inputs[0].dtype
+    op = f"'{layer.summary}'" if layer.kind == "function" else f"'{layer.path}' ({layer.type})"
+    evidence = (
+        ("got", f"{shape(layer.inputs[0].shape)} {got}"),
+        ("expected", f"a floating dtype ({want}, as the model's weights)"),
+        pytorch(failure),
+    )
+    pixels = "; 0..255 image pixels are usually cast and divided by 255" if got == "uint8" else ""
+    cause = f"{op} computes in floating point and PyTorch will not pick a float dtype for {got}"
+    return Finding(
+        owner.path,
+        headline(owner, f"cannot take integer ({got}) input in {op}"),
+        evidence,
+        cause + pixels,
+        fix,
+    )
+
+
+#: What PyTorch says when an op that needs floats is given integers (read only once the recorded
+#: dtypes show an integer input: the message tells which op refused it).
+_FLOAT_ONLY = (
+    "not implemented for 'Long'",
+    "not implemented for 'Int'",
+    "not implemented for 'Byte'",
+    "not implemented for 'Short'",
+    "not implemented for 'Char'",
+    "not implemented for 'Bool'",
+    "can't be cast to the desired output type",
+    "could not infer output dtype",
+    "expected a floating point or complex tensor",
+)
+
+
+def _float_for_integers(ctx: Context, info: TensorInfo, message: str) -> str | None:
+    """The model's floating dtype, when an integer tensor reached an op that needs floats."""
+    if info.dtype.startswith(("float", "bfloat", "complex")) or not any(
+        text in message for text in _FLOAT_ONLY
+    ):
+        return None
+    weights = (p for p in ctx.model.parameters() if p.is_floating_point())
+    first = next(weights, None)
+    return str(first.dtype).removeprefix("torch.") if first is not None else "float32"
 
 
 def _function_want(layer: Layer) -> str | None:

@@ -57,9 +57,29 @@ def _spatial_rows(ctx: Context, upto: int) -> list[tuple[Layer, tuple[Window, ..
     return rows
 
 
-def _needed(rows: list[tuple[Layer, tuple[Window, ...]]]) -> tuple[int, ...]:
-    """The smallest model-input size (per spatial dim) that leaves every window >= 1 output."""
+def _later_windows(ctx: Context, layer: Layer, dims: int) -> list[tuple[Window, ...]]:
+    """The windows of the conv/pool modules the forward did not reach, in the order they are
+    registered after the failing one (the order a VGG-style stack calls them in)."""
+    failed = ctx.module(layer)
+    called = {id(m) for m in ctx.module_at.values()}
+    found, after = [], False
+    for module in ctx.model.modules():
+        if module is failed:
+            after = True
+        elif after and id(module) not in called:
+            spans = windows(module)
+            if spans is not None and len(spans) == dims:
+                found.append(spans)
+    return found
+
+
+def _needed(rows: list[tuple[Layer, tuple[Window, ...]]],
+            later: list[tuple[Window, ...]]) -> tuple[int, ...]:  # fmt: skip
+    """The smallest model-input size (per spatial dim) that leaves every window >= 1 output:
+    through the windows not reached yet, then back through those the trace saw."""
     need = [1] * len(rows[-1][1])
+    for spans in reversed(later):
+        need = [min_input(n, w) for n, w in zip(need, spans, strict=True)]
     for layer, found in reversed(rows):
         x = layer.inputs[0].shape[-len(found) :]
         before = _size_before(rows, layer)
@@ -126,8 +146,10 @@ def input_too_small(ctx: Context) -> list[Finding]:
     if min(out) > 0:
         return []
     rows = _spatial_rows(ctx, layer.index)
-    need = _needed(rows)
+    need = _needed(rows, _later_windows(ctx, layer, len(found)))
     first = ctx.inputs[0].shape[-len(found) :] if ctx.inputs else x
+    if len(set(first)) == 1:  # square images: one size for every side
+        need = (max(need),) * len(need)
     evidence = (
         ("got", f"{shape(layer.inputs[0].shape)}   spatial {shape(x)}"),
         (
@@ -138,10 +160,8 @@ def input_too_small(ctx: Context) -> list[Finding]:
         ),
         pytorch(failure),
     )
-    arithmetic = (
-        *_history(rows),
-        f"  the smallest input that gets through '{layer.path}' is {shape(need)}",
-    )
+    arithmetic = (*_history(rows), f"  the smallest input that gets through the whole model is "
+                  f"{shape(need)}")  # fmt: skip
     return [
         Finding(
             layer.path,

@@ -10,16 +10,11 @@ from .._source import code_line
 from .._text import shape, short
 from ._context import Context, Finding
 from ._registry import failure_rule
-from ._words import pytorch
+from ._words import caller, pytorch
 
 __all__ = ["batch_changing_views", "view_batch"]
 
 _RESHAPES = frozenset({"view", "reshape"})
-
-
-def _batch(ctx: Context) -> int | None:
-    inputs = ctx.inputs
-    return inputs[0].shape[0] if inputs and inputs[0].shape else None
 
 
 def _is_batch_view(layer: Layer, batch: int) -> bool:
@@ -32,7 +27,7 @@ def _is_batch_view(layer: Layer, batch: int) -> bool:
 
 def batch_changing_views(ctx: Context) -> list[Layer]:
     """Every recorded ``view(-1, ...)``/``reshape(-1, ...)`` that did not keep the batch size."""
-    batch = _batch(ctx)
+    batch = ctx.batch
     if batch is None:
         return []
     return [layer for layer in ctx.layers if _is_batch_view(layer, batch)]
@@ -62,17 +57,21 @@ def _cause(layer: Layer, batch: int) -> str:
 
 @failure_rule("view-batch")
 def view_batch(ctx: Context) -> list[Finding]:
-    """A failure (here or downstream) after a reshape that did not keep the batch size."""
-    batch = _batch(ctx)
+    """A failure (here or downstream) after a reshape that did not keep the batch size, while
+    the batch is still lost where the forward failed (a (batch·seq) flatten that was undone
+    before it is not the cause)."""
+    batch = ctx.batch
+    failed = ctx.failed_layer()
     if ctx.failure is None or batch is None:
         return []
+    lost = failed is None or not failed.inputs or failed.inputs[0].shape[:1] != (batch,)
     findings = []
     for layer in batch_changing_views(ctx):
-        if layer.source is None:
+        if layer.source is None or not (layer.failed or lost):
             continue
         owner = ctx.layers[layer.parent or 0]
         head = (
-            f"call '{layer.type}({layer.arguments})' in '{owner.path}' ({owner.type}) "
+            f"call '{layer.type}({layer.arguments})' in {caller(ctx, layer)} "
             f"{'cannot keep' if layer.failed else 'changed'} the batch dimension"
         )
         fix = RewriteCall(
