@@ -90,12 +90,21 @@ def every_rank(model: nn.Module, job: Job) -> tuple[RankShards, ...] | None:
 
 
 def _local_shape(p: Any, rank: int, job: Job) -> Shape | None:
-    """``p``'s shard on ``rank``: each mesh dim in turn splits the dim it shards, as
-    torch.chunk does."""
+    """``p``'s shard on ``rank``: DTensor's own arithmetic where this torch has it (strided
+    shards included), else each mesh dim in turn splitting the dim it shards, as torch.chunk
+    does."""
     mesh = p.device_mesh
     coordinate = _coordinate(rank, job, tuple(mesh.shape), mesh.mesh_dim_names)
     if coordinate is None:
         return None
+    from torch.distributed.tensor import _utils
+
+    compute = getattr(_utils, "_compute_local_shape_and_global_offset", None)
+    try:  # a private function: its signature is checked by calling it
+        local_shape, _ = compute(p.shape, tuple(mesh.shape), coordinate, p.placements)  # type: ignore[misc]
+        return tuple(local_shape)
+    except Exception:
+        pass
     size = list(p.shape)
     for at, placement in enumerate(p.placements):
         if getattr(placement, "split_factor", None) is not None:

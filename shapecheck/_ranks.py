@@ -13,6 +13,7 @@ import importlib
 import inspect
 import math
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -185,7 +186,14 @@ def _explained(job: Job, folder: Path) -> RankReports:
     import torch
 
     job_file = folder / "job.pt"
-    torch.save(job, job_file)
+    try:
+        torch.save(job, job_file)
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        raise UsageError(
+            f"the inputs and keyword arguments of explain_ranks go to each rank's process, so "
+            f"they must pickle; this did not ({error}): pass tensors, and a loss module or a "
+            "top-level function rather than a lambda."
+        ) from error
     first = _run(job_file, folder, [0], every_rank=True)[0]
     shards = first.shards
     # the meshes did not tell what other ranks hold: trace each rank

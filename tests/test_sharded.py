@@ -330,3 +330,33 @@ def test_drawn_tp_shapes_get_the_right_rule(tp: int, heads: int, head_dim: int, 
     assert first.rule == expected, [d.rule for d in report.diagnoses]
     assert first.verified, first.message
     assert first.verified_by == "real run"
+
+
+@pytest.mark.parametrize("world", [8], indirect=True)
+def test_two_d_mesh_fsdp_over_tp_counts_every_rank(world: Any) -> None:
+    """dp 2 x tp 4: TP on mesh["tp"], FSDP2 on mesh["dp"] (strided shards of the TP shards)."""
+    from torch.distributed.fsdp import fully_shard
+
+    from shapecheck._rank_child import every_rank
+    from shapecheck._ranks import Job
+
+    mesh = init_device_mesh("cpu", (2, 4), mesh_dim_names=("dp", "tp"))
+    model = sm.parallel_gpt(mesh["tp"], vocab=1001)
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
+    report = shapecheck.explain(model, sm.tokens())
+    held = sum(p.to_local().numel() * 4 for p in model.parameters())
+    assert report.ok
+    assert report.rank_param_bytes == held
+    assert report.mesh_shape == (2, 4)
+    assert ("weight", ("S(0, sf=4)", "S(0)")) in report.layer("head").param_placements
+    job = Job("", "", None, (), {}, 8, (2, 4), ("dp", "tp"))
+    ranks = every_rank(model, job)
+    assert ranks is not None  # worked out for every rank, and right for this one
+    assert ranks[0].nbytes == held
+    groups: dict[Any, list[int]] = {}
+    for rank, shards in enumerate(ranks):
+        groups.setdefault(shards.shapes, []).append(rank)
+    # tp rank 3 (ranks 3 and 7) holds 248 rows of the head; dp rank 1 the second FSDP halves
+    assert sorted(groups.values()) == [[0, 1, 2], [3], [4, 5, 6], [7]]

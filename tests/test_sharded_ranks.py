@@ -7,6 +7,7 @@ Processes are slow to start: one explain_ranks and one gloo job are shared by th
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ def test_build_must_be_importable_by_name() -> None:
             shapecheck.explain_ranks(build, world_size=2)
     with pytest.raises(UsageError, match="mesh_shape must be"):
         shapecheck.explain_ranks(_nested, world_size=4, mesh_shape=(3, 2))
+    with pytest.raises(UsageError, match="they must pickle"):
+        shapecheck.explain_ranks(_nested, world_size=2, loss_fn=lambda out, y: out.sum())
 
 
 def test_readme_worked_example_prints_what_the_readme_shows(tmp_path: Path) -> None:
@@ -113,7 +116,8 @@ def test_readme_worked_example_prints_what_the_readme_shows(tmp_path: Path) -> N
     import subprocess
     import sys
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    path = Path(__file__).resolve().parents[1] / "README.md"
+    readme = path.read_text(encoding="utf-8")
     section = readme[readme.index("## Sharded models") :]
     code, shown = re.findall(r"```(?:python|text)\n(.*?)```", section, re.S)[:2]
     script = tmp_path / "tp_example.py"
@@ -121,4 +125,8 @@ def test_readme_worked_example_prints_what_the_readme_shows(tmp_path: Path) -> N
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           cwd=tmp_path, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == shown.strip()
+    actual = done.stdout.strip()
+    if os.environ.get("SHAPECHECK_UPDATE_GOLDEN") == "1" and actual != shown.strip():
+        path.write_text(readme.replace(shown.strip(), actual), encoding="utf-8")
+        pytest.skip("README's sharded example rewritten from the real output; review the diff")
+    assert actual == shown.strip()
