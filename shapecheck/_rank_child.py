@@ -27,8 +27,8 @@ __all__ = ["every_rank", "main", "run"]
 
 def main(argv: list[str]) -> int:
     job_file, rank, out, scope = argv
+    # the user's modules import as in the caller: this process's PYTHONPATH is its sys.path
     job: Job = torch.load(job_file, weights_only=False)
-    sys.path[:0] = [p for p in job.sys_path if p not in sys.path]
     torch.save(run(job, int(rank), scope == "all"), out)
     return 0
 

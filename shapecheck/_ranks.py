@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,6 @@ class Job:
     world_size: int
     mesh_shape: Shape
     mesh_dim_names: tuple[str, ...] | None
-    sys_path: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ def explain_ranks(
             torch older than 2.5.
         Exception: whatever ``build`` raised on a rank, with that rank's traceback as a note.
 
-    Example (``examples/sharded`` and the README's "Sharded models" show the output)::
+    Example (the README's "Sharded models" section shows its output)::
 
         ranks = shapecheck.explain_ranks(build_tp_gpt, tokens, world_size=4)
         print(ranks)                     # one line per group of ranks, then any failure
@@ -175,8 +174,7 @@ def explain_ranks(
     module, qualname, main_file = _target(build)
     shape = _mesh(world_size, mesh_shape, mesh_dim_names)
     names = tuple(mesh_dim_names) if mesh_dim_names is not None else None
-    paths = tuple(p for p in sys.path if p and os.path.isdir(p))
-    job = Job(module, qualname, main_file, inputs, explain_kwargs, world_size, shape, names, paths)
+    job = Job(module, qualname, main_file, inputs, explain_kwargs, world_size, shape, names)
     with tempfile.TemporaryDirectory(prefix="shapecheck-ranks-") as folder:
         return _explained(job, Path(folder))
 

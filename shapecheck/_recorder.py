@@ -116,7 +116,7 @@ class Recorder:
         # and plain models pay nothing for the check
         self.dtensor = dtensor_type()
         # sharded models: the arguments before the ParallelStyle hooks made DTensors of them,
-        # and the outputs before they were made local again (see sharded_hooks)
+        # and the outputs before they were made local again (early_pre_hook, early_post_hook)
         self._raw: tuple[torch.Tensor, ...] | None = None
         self._sharded_out: dict[int, tuple[TensorInfo, ...]] = {}
         self.quiet = False  # inside the hooks of ParallelStyles and FSDP: their ops are no rows

@@ -98,7 +98,7 @@ class Split:
 
     def fits(self, size: int) -> bool:
         """Whether the reshape works when the sharded dim has ``size``."""
-        numel = math.prod(self.local) // max(self.held, 1) * size
+        numel = math.prod(s for d, s in enumerate(self.local) if d != self.dim) * size
         known = math.prod(s for s in self.sizes if s != -1)
         if -1 in self.sizes:
             return known > 0 and numel % known == 0
@@ -206,7 +206,7 @@ def tp_divisible(ctx: Context) -> list[Finding]:
         code=f"tp_mesh = init_device_mesh('cpu', ({divisors[0] if divisors else 1},))"
         f"   # or n_heads={multiple}",
     )
-    path = _owner_path(ctx, split)
+    path = _failed_path(ctx)
     head = _head(ctx, split, f"cannot split {groups} heads over {ways} ranks")
     findings = [Finding(path, head, _evidence(ctx, split), cause, suggestion, arithmetic, 1.1)]
     replicated = _replicated(ctx, split)
@@ -284,7 +284,7 @@ def tp_global_size(ctx: Context) -> list[Finding]:
         sizes=tuple(local),
     )
     head = _head(ctx, split, "uses a global size on this rank's shard")
-    return [Finding(_owner_path(ctx, split), head, _evidence(ctx, split), cause, fix, (), 1.2)]
+    return [Finding(_failed_path(ctx), head, _evidence(ctx, split), cause, fix, (), 1.2)]
 
 
 @failure_rule("tp-uneven-shard")
@@ -313,7 +313,7 @@ def tp_uneven_shard(ctx: Context) -> list[Finding]:
         code=f"{split.call.type}(..., -1)   # the shard's own size, not {wanted}",
     )
     head = _head(ctx, split, f"breaks on {_ranks(sizes, split.held)}'s shorter shard")
-    return [Finding(_owner_path(ctx, split), head, _evidence(ctx, split), cause, fix, arithmetic,
+    return [Finding(_failed_path(ctx), head, _evidence(ctx, split), cause, fix, arithmetic,
                     1.2)]  # fmt: skip
 
 
@@ -390,7 +390,7 @@ def _raw(ctx: Context, layer: Layer) -> TensorInfo:
         info.shape, info.dtype, info.device, key=info.key, made_by=info.made_by)  # fmt: skip
 
 
-def _owner_path(ctx: Context, split: Split) -> str:
+def _failed_path(ctx: Context) -> str:
     return ctx.failure.path if ctx.failure is not None else ""
 
 
