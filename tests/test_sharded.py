@@ -20,12 +20,23 @@ from torch import nn
 
 import shapecheck
 from shapecheck import UsageError
+from shapecheck._compat import torch_at_least
 from shapecheck._sharding import placement_text
 
-pytest.importorskip("torch.distributed.tensor.parallel")
+if not torch_at_least("2.5"):  # DTensor became public (torch.distributed.tensor) in 2.5
+    pytest.skip("sharded models need torch >= 2.5", allow_module_level=True)
 import sharded_models as sm
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
+
+
+def _fully_shard() -> Any:
+    """FSDP2's ``fully_shard`` (public in torch.distributed.fsdp from torch 2.6)."""
+    if not torch_at_least("2.6"):
+        pytest.skip("FSDP2's public fully_shard needs torch >= 2.6")
+    from torch.distributed.fsdp import fully_shard
+
+    return fully_shard
 
 
 @pytest.fixture
@@ -119,7 +130,7 @@ def test_rank_bytes_are_the_sum_of_the_local_shards(world: Any) -> None:
 
 @pytest.mark.parametrize("world", [8], indirect=True)
 def test_fsdp2_on_eight_ranks_counts_the_sharded_bytes(world: Any) -> None:
-    from torch.distributed.fsdp import fully_shard
+    fully_shard = _fully_shard()
 
     model = sm.GPT()
     for block in model.blocks:
@@ -335,7 +346,7 @@ def test_drawn_tp_shapes_get_the_right_rule(tp: int, heads: int, head_dim: int, 
 @pytest.mark.parametrize("world", [8], indirect=True)
 def test_two_d_mesh_fsdp_over_tp_counts_every_rank(world: Any) -> None:
     """dp 2 x tp 4: TP on mesh["tp"], FSDP2 on mesh["dp"] (strided shards of the TP shards)."""
-    from torch.distributed.fsdp import fully_shard
+    fully_shard = _fully_shard()
 
     from shapecheck._rank_child import every_rank
     from shapecheck._ranks import Job
