@@ -7,7 +7,10 @@ simulated on the ``meta`` device and reported under its declared name.
 
 from __future__ import annotations
 
+import functools
 import logging
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -57,12 +60,14 @@ class DryRun:
         """Enter fake mode; yield the forward to call and the fake inputs."""
         if self.target is None and is_meta_model(model):
             self.target = torch.device("meta")
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        cached = _cached(model, self.target)
+        mode = cached.mode
+        named = _named_state(model)
         fakes: dict[int, torch.Tensor] = {}  # one fake per tensor: tied weights stay tied
-        for _, t in _named_state(model):
+        for _, t in named:
             if id(t) not in fakes:
-                fakes[id(t)] = self._fake(mode, t)
-        state = {name: fakes[id(t)] for name, t in _named_state(model)}
+                fakes[id(t)] = cached.fake_of(t, functools.partial(self._fake, mode, t))
+        state = {name: fakes[id(t)] for name, t in named}
         #: id of each fake -> id of the weight it stands for (what the trace saw is the fake)
         self.originals = {id(fake): real for real, fake in fakes.items()}
         fake_args, fake_kwargs = tree_map(
@@ -107,6 +112,47 @@ class DryRun:
             with mode:
                 fake = fake.to(target)
         return fake
+
+
+class _Fakes:
+    """The fake weights of one model for one device, and the fake mode they belong to."""
+
+    def __init__(self) -> None:
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self.fakes: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], torch.Tensor]] = {}
+
+    def fake_of(self, tensor: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The fake made for ``tensor`` last time, if the tensor is the same one, unchanged
+        (version counter, shape, dtype, device, requires_grad); else a new one."""
+        signature = (getattr(tensor, "_version", 0), tuple(tensor.shape), tensor.dtype,
+                     tensor.device, tensor.requires_grad)  # fmt: skip
+        known = self.fakes.get(id(tensor))
+        if known is not None and known[0]() is tensor and known[1] == signature:
+            return known[2]
+        fake = make()
+        self.fakes[id(tensor)] = (weakref.ref(tensor), signature, fake)
+        return fake
+
+
+#: Fake weights kept between dry runs of the same model (converting them is about half of a
+#: small model's dry run). Fakes hold no data; at most this many models are kept, each by a
+#: weak reference, so nothing here keeps a model alive.
+_KEPT = 8
+_FAKES: OrderedDict[tuple[int, str], tuple[weakref.ref[nn.Module], _Fakes]] = OrderedDict()
+
+
+def _cached(model: nn.Module, target: torch.device | None) -> _Fakes:
+    """The fakes of ``model`` for ``target``, kept from an earlier dry run or new."""
+    key = (id(model), str(target))
+    found = _FAKES.get(key)
+    if found is not None and found[0]() is model:
+        _FAKES.move_to_end(key)
+        return found[1]
+    fakes = _Fakes()
+    _FAKES[key] = (weakref.ref(model), fakes)
+    while len(_FAKES) > _KEPT:
+        _FAKES.popitem(last=False)
+    return fakes
 
 
 def _outside_fake(initialize: Callable[..., None]) -> Callable[..., None]:

@@ -8,17 +8,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._advise import warn
 from ._dry import available, is_meta_model
 from ._errors import UsageError
-from ._fixes import View
 from ._inputs import make_inputs, parse_device, require_module, unwrapped
 from ._loss import loss_hooks, loss_module
 from ._memory import check_optimizer, training_memory
 from ._params import param_totals
-from ._repair import Repair, diagnose, warn
+from ._records import Diagnosis
 from ._report import Report
 from ._sharding import world_of
-from ._trace import gc_paused, run_trace
+from ._trace import Trace, gc_paused, run_trace
 
 __all__ = ["explain"]
 
@@ -89,12 +89,11 @@ def explain(
     trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=flops,
                       saved=optimizer is not None, confirm=True,
                       **loss_hooks(loss, target))  # fmt: skip
-    repair = Repair(View(traced, args, kwargs, target=target), where, loss)
+    diagnoses, reruns = _diagnosed(traced, args, kwargs, target, where, loss, trace)
     totals = param_totals(traced)
     return Report(
         model_type=type(model).__name__, layers=trace.layers, failure=trace.failure,
-        diagnoses=diagnose(repair, trace) if trace.failure else [],
-        warnings=[] if trace.failure else warn(traced, args, kwargs, trace),
+        diagnoses=diagnoses, warnings=[] if trace.failure else warn(traced, trace),
         inputs=trace.inputs, outputs=trace.outputs,
         total_params=totals.total, trainable_params=totals.trainable,
         param_bytes_by_dtype=totals.bytes_by_dtype, buffer_count=totals.buffer_count,
@@ -103,12 +102,32 @@ def explain(
         flops_uncounted=None if trace.flops is None else dict(trace.flops.uncounted),
         training_memory=None if trace.saved is None or optimizer is None
         else training_memory(traced, trace.saved, optimizer),
-        fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=repair.runs,
+        fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=reruns,
         rank=None if world is None else world.rank,
         world_size=None if world is None else world.world_size,
         mesh_shape=None if world is None else world.mesh_shape,
         rank_param_bytes=None if world is None else world.param_bytes,
     )  # fmt: skip
+
+
+def _diagnosed(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    target: Any,
+    where: torch.device | None,
+    loss: nn.Module | None,
+    trace: Trace,
+) -> tuple[list[Diagnosis], int]:
+    """The diagnoses of a failure, and the re-runs they took; the repair machinery (rules,
+    fix interpreter) is loaded only when a forward failed."""
+    if trace.failure is None:
+        return [], 0
+    from ._fixes import View
+    from ._repair import Repair, diagnose
+
+    repair = Repair(View(model, args, kwargs, target=target), where, loss)
+    return diagnose(repair, trace), repair.runs
 
 
 def _inputs(

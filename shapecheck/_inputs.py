@@ -85,21 +85,34 @@ def parse_device(value: object) -> torch.device | None:
 
 def tensors_in(obj: object) -> list[torch.Tensor]:
     """The tensors inside any nesting of tuples, lists and dicts, in order."""
+    if isinstance(obj, torch.Tensor):  # the common cases first: called for every traced call
+        return [obj]
     found: list[torch.Tensor] = []
     _collect(obj, found, depth=0)
     return found
 
 
 def _collect(obj: object, found: list[torch.Tensor], depth: int) -> None:
-    if isinstance(obj, torch.Tensor):
+    kind = type(obj)
+    if kind is tuple or kind is list:  # exact types: no isinstance against ABCs on the hot path
+        items: Any = obj
+    elif kind is dict:
+        items = obj.values()  # type: ignore[attr-defined]
+    elif isinstance(obj, torch.Tensor):
         found.append(obj)
-    elif depth > 8:
         return
     elif isinstance(obj, Mapping):
-        for value in obj.values():
-            _collect(value, found, depth + 1)
+        items = obj.values()
     elif isinstance(obj, (tuple, list)):
-        for item in obj:
+        items = obj
+    else:
+        return
+    if depth > 8:
+        return
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        else:
             _collect(item, found, depth + 1)
 
 

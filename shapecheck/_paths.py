@@ -28,9 +28,11 @@ class PathIndex:
     """Paths of every module under a root, precomputed once per trace."""
 
     def __init__(self, root: nn.Module, extra: dict[str, nn.Module] | None = None) -> None:
+        #: every module once, with its first path: the one walk of the model a trace makes
+        self.named = list(root.named_modules())
         self.canonical: dict[int, str] = {}
         self.children: dict[int, dict[int, list[str]]] = {}
-        for path, module in root.named_modules():
+        for path, module in self.named:
             self.canonical.setdefault(id(module), path)
             names: dict[int, list[str]] = {}
             for name, child in module._modules.items():

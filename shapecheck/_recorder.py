@@ -10,9 +10,9 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,12 +20,14 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 
 from ._describe import describe_arguments, describe_module
-from ._flops import FlopCounter
 from ._inputs import tensors_in
 from ._paths import ModuleFrame, PathIndex
 from ._records import TensorInfo
 from ._sharding import ModuleShard, dtensor_type, sharded_view
 from ._source import caller_source
+
+if TYPE_CHECKING:
+    from ._flops import FlopCounter
 
 __all__ = ["FunctionMode", "Recorder", "Rewrite", "Row", "function_name", "hooks", "owned_counts"]
 
@@ -47,6 +49,21 @@ _IN_PLACE_OPERATORS = frozenset({
     "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__imatmul__",
     "__setitem__",
 })  # fmt: skip
+
+
+#: dtype -> its name as the records write it ("float32"), filled on first sight
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+def _ours() -> AbstractContextManager[None]:
+    """Torch-function dispatch off: shapecheck's own tensor reads skip its function mode."""
+    off: AbstractContextManager[None] = torch._C.DisableTorchFunction()
+    return off
 
 
 def writes_in_place(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> bool:
@@ -91,9 +108,9 @@ class Row:
     failed: bool = False
     flops_start: int | None = None
     flops: int | None = None
-    shard: ModuleShard | None = None
     uncounted_start: int = 0
     flops_uncounted: int = 0
+    shard: ModuleShard | None = None
 
 
 class Recorder:
@@ -126,7 +143,6 @@ class Recorder:
         self.events: list[tuple[BaseException, int]] = []
         self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
         self.read: set[int] = set()  # ids of the tensors functional calls were given
-        self.busy = False
         self.counter: FlopCounter | None = None
         # provenance: id(tensor) -> (weak reference, key); key -> the row that made it, or
         # the model's positional argument it is. A weak reference tells a live tensor from a
@@ -162,48 +178,54 @@ class Recorder:
         self, obj: object, made_by: int | None = None, raw: Sequence[torch.Tensor] | None = None
     ) -> tuple[TensorInfo, ...]:
         """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins).
-        ``raw``: the same arguments before ParallelStyle hooks wrapped them as DTensors."""
-        alias = self.device_alias
-        # Our own reads of .shape/.dtype pass through the function mode too; marking them busy
-        # keeps them from being recorded (a hot spot: ~10 such reads per module call).
-        busy, self.busy = self.busy, True
-        try:
-            found = []
-            for position, t in enumerate(tensors_in(obj)):
-                sharded = None
-                if self.dtensor is not None and isinstance(t, self.dtensor):
-                    sharded = sharded_view(t)
-                    t = _unwrapped(sharded[0], raw, position)  # the local tensor that flows on
-                key = self._key(t)
-                if made_by is not None:
-                    self._made_by.setdefault(key, made_by)
-                info = TensorInfo(
-                    tuple(t.shape), str(t.dtype).removeprefix("torch."),
-                    alias.get(str(t.device), str(t.device)), t.requires_grad,
-                    key, self._made_by.get(key), self._position.get(key),
-                )  # fmt: skip
-                if sharded is not None:
-                    _, whole, placements, mesh = sharded
-                    info = replace(info, global_shape=whole, placements=placements,
-                                   mesh_shape=mesh)  # fmt: skip
-                found.append(info)
-            return tuple(found)
-        finally:
-            self.busy = busy
+        ``raw``: the same arguments before ParallelStyle hooks wrapped them as DTensors.
+
+        Our own reads of ``.shape``/``.dtype`` must not go through the function mode (a hot
+        spot: ~10 such reads per module call), so torch-function dispatch is off meanwhile.
+        """
+        return self.infos_of(tensors_in(obj), made_by, raw)
+
+    def infos_of(
+        self,
+        tensors: list[torch.Tensor],
+        made_by: int | None = None,
+        raw: Sequence[torch.Tensor] | None = None,
+    ) -> tuple[TensorInfo, ...]:
+        with _ours():
+            if self.dtensor is None:
+                return tuple([self._info(t, made_by) for t in tensors])
+            return tuple([self._sharded_info(t, made_by, raw, i) for i, t in enumerate(tensors)])
+
+    def _sharded_info(
+        self, t: torch.Tensor, made_by: int | None, raw: Sequence[torch.Tensor] | None, at: int
+    ) -> TensorInfo:
+        """A DTensor's local shape, as the tensor that flows on, with its global shape and
+        placements; any other tensor as :meth:`_info` has it."""
+        if self.dtensor is None or not isinstance(t, self.dtensor):
+            return self._info(t, made_by)
+        shard, whole, placements, mesh = sharded_view(t)
+        info = self._info(_unwrapped(shard, raw, at), made_by)
+        return replace(info, global_shape=whole, placements=placements, mesh_shape=mesh)
+
+    def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
+        key = self._key(t)
+        if made_by is not None:
+            self._made_by.setdefault(key, made_by)
+        device = str(t.device)
+        return TensorInfo(tuple(t.shape), _DTYPE_NAMES.get(t.dtype) or _dtype_name(t.dtype),
+                          self.device_alias.get(device, device), t.requires_grad, key,
+                          self._made_by.get(key), self._position.get(key))  # fmt: skip
 
     def model_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[TensorInfo, ...]:
         """The model's inputs, each positional tensor argument remembered as such, and (on
         real tensors) their storages, so an in-place write into one can be undone."""
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             for position, arg in enumerate(args):
                 if isinstance(arg, torch.Tensor):
                     self._position.setdefault(self._key(arg), position)
             for t in tensors_in((args, kwargs)):
                 if not isinstance(t, FakeTensor) and not t.is_meta and t.layout == torch.strided:
                     self._input_storages.setdefault(_storage_key(t), t)
-        finally:
-            self.busy = busy
         return self.infos((args, kwargs))
 
     def _guard_input(self, func: Callable[..., Any], args: tuple[Any, ...],
@@ -212,43 +234,32 @@ class Recorder:
         target = kwargs.get("out", args[0] if args else None)
         if not isinstance(target, torch.Tensor) or not writes_in_place(func, kwargs):
             return
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             key = _storage_key(target)
             original = self._input_storages.get(key)
             if original is not None and key not in self._saved_inputs:
                 self._saved_inputs[key] = (original, original.detach().clone())
-        finally:
-            self.busy = busy
 
     def restore_inputs(self) -> None:
         """Put back every caller's input that the forward wrote into."""
-        busy, self.busy = self.busy, True
-        try:
-            with torch.no_grad():
-                for original, copy in self._saved_inputs.values():
-                    original.copy_(copy)
-        finally:
-            self.busy = busy
+        with _ours(), torch.no_grad():
+            for original, copy in self._saved_inputs.values():
+                original.copy_(copy)
 
     def _same_values(self, result: Any, source: Any) -> None:
         """``result`` of ``x.contiguous()`` or ``x.detach()`` stands for ``x``."""
         if not isinstance(result, torch.Tensor) or not isinstance(source, torch.Tensor):
             return
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             key, origin = self._key(result), self._key(source)
             if origin in self._made_by:
                 self._made_by.setdefault(key, self._made_by[origin])
             if origin in self._position:
                 self._position.setdefault(key, self._position[origin])
-        finally:
-            self.busy = busy
 
     def _remember_values(self, row: int, args: Any) -> None:
         """The id range of a failing call's first integer input, on real tensors only."""
-        busy, self.busy = self.busy, True
-        try:
+        with _ours():
             ints = [
                 t
                 for t in tensors_in(args)
@@ -262,8 +273,6 @@ class Recorder:
                 and 0 < first.numel() <= 10**8
             ):
                 self.value_ranges[row] = (int(first.min()), int(first.max()))
-        finally:
-            self.busy = busy
 
     def _add(self, row: Row) -> int:
         self.rows.append(row)
@@ -272,8 +281,6 @@ class Recorder:
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         raw, self._raw, self.quiet = self._raw, None, False
-        if self.busy:
-            return
         parent = self.stack[-1] if self.stack else None
         owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
         params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
@@ -293,8 +300,6 @@ class Recorder:
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         self.quiet = False
-        if self.busy:
-            return
         position = self._frame_of(module)
         if position is None:
             return
@@ -320,15 +325,14 @@ class Recorder:
         """Runs before every other pre-hook: the arguments as the caller passed them (their
         provenance), and the hooks' own ops (``DTensor.from_local``, FSDP's all-gather) kept
         out of the table."""
-        if not self.busy:
-            self._raw, self.quiet = tuple(tensors_in((args, kwargs))), True
+        self._raw, self.quiet = tuple(tensors_in((args, kwargs))), True
 
     def early_post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         """Runs before every other forward hook: outputs still DTensors, global shape and
         placements as DTensor has them, before a ParallelStyle makes them local."""
-        if self.busy or output is None:
+        if output is None:
             return
         position = self._frame_of(module)
         if position is not None:
@@ -343,10 +347,10 @@ class Recorder:
 
     # -- functional ops -------------------------------------------------------------------------
     def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._input_storages and not self.busy:
+        if self._input_storages:
             self._guard_input(func, args, kwargs)
         frame = self.stack[-1] if self.stack else None
-        if self.busy or self.quiet or frame is None or not frame.records_functions:
+        if self.quiet or frame is None or not frame.records_functions:
             return func(*args, **kwargs)
         name = function_name(func)
         if name in _BOOKKEEPING:
@@ -359,12 +363,12 @@ class Recorder:
         rewrites = self.rewrites
         rewrite = (rewrites.get((source or "", name)) or rewrites.get(("*", name))) if rewrites \
             else None  # fmt: skip
-        given = self.infos((args, kwargs))
-        self.read.update(
-            id(t)
-            for t in tensors_in((args, kwargs))
-            if t.requires_grad or isinstance(t, nn.Parameter)
-        )  # weights read directly: F.linear(x, w)
+        tensors = tensors_in((args, kwargs))
+        given = self.infos_of(tensors)
+        with _ours():  # weights read directly, F.linear(x, self.w): require grad or are Parameters
+            self.read.update(
+                id(t) for t in tensors if t.requires_grad or isinstance(t, nn.Parameter)
+            )
         row = Row(
             path=frame.path, kind="function", type=name, depth=len(self.stack),
             inputs=given, params=0, trainable=0,

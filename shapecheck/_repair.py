@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
+from ._advise import context
 from ._apply import fingerprint
 from ._changes import Fix, FixKind
-from ._diagnose import FAILURE_RULES, WARNING_RULES, Context, Finding, find
+from ._diagnose import FAILURE_RULES, Finding, find
 from ._fixes import View, applied
 from ._inputs import realise, tensors_in
 from ._loss import loss_hooks
@@ -34,11 +35,9 @@ __all__ = [
     "MAX_STEPS",
     "RERUN_BUDGET",
     "Repair",
-    "context",
     "diagnose",
     "planned",
     "rank",
-    "warn",
 ]
 
 MAX_STEPS = 3  # steps in one repair plan
@@ -68,20 +67,11 @@ class Repair:
         return self.runs >= RERUN_BUDGET
 
 
-def context(trace: Trace, view: View, loss: nn.Module | None = None) -> Context:
-    """What the rules read of one trace of ``view``."""
-    return Context(
-        trace.layers, trace.failure, trace.inputs, trace.module_at, view.model, trace.dry_run,
-        trace.weights_on, loss, trace.batch, trace.outputs, trace.weights_read,
-        trace.output_batch,
-    )  # fmt: skip
-
-
 def diagnose(repair: Repair, trace: Trace) -> list[Diagnosis]:
     """One diagnosis per candidate fix of ``trace``'s failure, each with its best plan, best
     first (see :func:`rank`); fixes the search did not need to try are suggestions."""
     real = not trace.dry_run
-    findings = find(context(trace, repair.base, repair.loss), FAILURE_RULES)[:MAX_CANDIDATES]
+    findings = find(context(trace, repair.base.model, repair.loss), FAILURE_RULES)[:MAX_CANDIDATES]
     plans = _search(repair, trace, findings, real)
     if not real:
         plans = _confirm(repair, trace, plans)
@@ -168,7 +158,7 @@ def _try(
         following = (
             []
             if after.failure is None or outcome.same or outcome.message.startswith(_CLASH)
-            else find(context(after, view, repair.loss), FAILURE_RULES)
+            else find(context(after, view.model, repair.loss), FAILURE_RULES)
         )
     step = replace(finding.step(), outcome=outcome)
     return (*steps, step), after, following
@@ -312,15 +302,6 @@ def _real_outcome(repair: Repair, plan: Plan, dry: Outcome, samples: int) -> Out
     assert failed is not None
     return Outcome(False, "real run", failed_path=failed.path, failed_type=failed.type,
                    failed_inputs=tuple(failed.input_shapes), message=failed.message)  # fmt: skip
-
-
-def warn(
-    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], trace: Trace
-) -> list[Diagnosis]:
-    """Warnings about a model that runs (each a rule id, a message and a suggested fix)."""
-    view = View(model, args, kwargs)
-    found = find(context(trace, view), WARNING_RULES)
-    return [Diagnosis((f.step(),), plan_text((f.step(),))) for f in found]
 
 
 def _same_failure(after: Trace, before: Trace, finding: Finding) -> bool:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,7 +24,6 @@ from torch._subclasses.fake_tensor import (
 )
 
 from ._dry import DryRun, available, is_meta_model
-from ._flops import FlopCounter
 from ._inputs import realise
 from ._memory import SavedTensors
 from ._paths import PathIndex
@@ -32,6 +31,9 @@ from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
 from ._sharding import is_sharded, kept_sharded, module_shards, settle
 from ._source import traceback_source
+
+if TYPE_CHECKING:
+    from ._flops import FlopCounter
 
 __all__ = [
     "FAKE_LIMITS", "REAL_RUN_BYTES", "Rewrite", "Trace", "activation_bytes", "gc_paused",
@@ -104,9 +106,10 @@ class _Restore:
     """Training flags, buffers, the RNG states (torch's and Python's ``random``) and the
     recursion limit, put back exactly as found."""
 
-    def __init__(self, model: nn.Module, buffers: bool, depth: int) -> None:
-        self.flags = [(m, m.training) for m in model.modules()]
-        self.buffers = [(b, b.detach().clone()) for b in model.buffers()] if buffers else []
+    def __init__(self, modules: list[nn.Module], buffers: bool, depth: int) -> None:
+        self.flags = [(m, m.training) for m in modules]
+        self.buffers = [(b, b.detach().clone()) for m in modules for b in m._buffers.values()
+                        if b is not None] if buffers else []  # fmt: skip
         self.cpu_rng = torch.get_rng_state()
         cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
         self.cuda_rng = torch.cuda.get_rng_state_all() if cuda_ready else None
@@ -252,17 +255,17 @@ def _run_once(
     flops: bool,
     saved: bool,
 ) -> Trace:
-    modules = list(model.modules()) + list((extra or {}).values())
+    paths = PathIndex(model, extra)  # the one walk of the model; the rest reuse it
+    modules = [m for _, m in paths.named] + list((extra or {}).values())
     dry = DryRun(device) if dry_run else None
-    counter = FlopCounter() if flops else None
+    counter = _counter() if flops else None
     saving = SavedTensors(model) if saved else None
-    paths = PathIndex(model, extra)
     sharded = is_sharded(model)  # read before the forward: FSDP2 gathers inside it
     recorder = Recorder(
         paths, owned_counts(modules), dry.device_alias if dry else {}, rewrites or {},
         module_shards(modules) if sharded else None,
     )  # fmt: skip
-    restore = _Restore(model, buffers=not dry_run, depth=paths.depth)
+    restore = _Restore(modules, buffers=not dry_run, depth=paths.depth)
     output: Any = None
     error: Exception | None = None
     model_inputs: tuple[TensorInfo, ...] = ()
@@ -301,6 +304,13 @@ def _run_once(
     if dry is not None and dry.target is not None:
         trace.weights_on = dry.device_alias.get(dry.target.type, str(dry.target))
     return trace
+
+
+def _counter() -> FlopCounter:
+    """A FLOP counter (its formulas are loaded only when FLOPs are asked for)."""
+    from ._flops import FlopCounter
+
+    return FlopCounter()
 
 
 def _eager() -> AbstractContextManager[Any]:

@@ -491,3 +491,24 @@ def test_explain_leaves_the_compiler_unimported_when_nothing_was_compiled():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, check=True)  # fmt: skip
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_dry_runs_of_an_unchanged_model_reuse_its_fake_weights() -> None:
+    """Converting weights to fakes is kept between dry runs of the same model, and redone for a
+    weight that changed: the dry run then sees the new shape, as a real run does."""
+    from shapecheck import _dry
+    from shapecheck.demo import seed_model_fixed
+
+    model = seed_model_fixed()
+    first = shapecheck.explain(model, input_size=(2, 3, 32, 32), dry_run=True)
+    kept = _dry._cached(model, None)
+    fakes = {key: fake for key, (_, _, fake) in kept.fakes.items()}
+    again = shapecheck.explain(model, input_size=(2, 3, 32, 32), dry_run=True)
+    assert [r.output_shapes for r in again.layers] == [r.output_shapes for r in first.layers]
+    assert {key: fake for key, (_, _, fake) in kept.fakes.items()} == fakes  # the same fakes
+    model[0].weight.data = torch.randn(16, 3, 5, 5)  # same parameter object, a 5x5 kernel now
+    dry = shapecheck.explain(model, input_size=(2, 3, 32, 32), dry_run=True)
+    real = shapecheck.explain(model, torch.randn(2, 3, 32, 32))
+    assert dry.layer("0").output_shapes == real.layer("0").output_shapes == [(2, 16, 30, 30)]
+    assert kept.fakes[id(model[0].weight)][2] is not fakes[id(model[0].weight)]
+    assert kept.fakes[id(model[0].bias)][2] is fakes[id(model[0].bias)]

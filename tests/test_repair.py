@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 import shapecheck
+from shapecheck._advise import context
 from shapecheck._changes import Fix
 from shapecheck._diagnose import FAILURE_RULES, Finding, find
 from shapecheck._fixes import View
 from shapecheck._records import Diagnosis
-from shapecheck._repair import _same_failure, context, planned
+from shapecheck._repair import _same_failure, planned
 from shapecheck._trace import run_trace
 
 
@@ -96,7 +97,7 @@ def _real_plan(model: nn.Module, args: tuple[Any, ...], rules: list[str]) -> tup
     if not rules:
         assert trace.ok, trace.failure
         return tuple(trace.outputs[0].shape)
-    finding = next(f for f in find(context(trace, base), FAILURE_RULES) if f.rule == rules[0])
+    finding = next(f for f in find(context(trace, base.model), FAILURE_RULES) if f.rule == rules[0])
     with planned(base, (finding.fix,)) as view:
         return _real_plan(view.model, view.args, rules[1:])
 

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import shapecheck
+from shapecheck._advise import context
 from shapecheck._diagnose import FAILURE_RULES, WARNING_RULES, Finding, find
 from shapecheck._fixes import View
 from shapecheck._loss import loss_hooks, loss_module
-from shapecheck._repair import context, planned
+from shapecheck._repair import planned
 from shapecheck._trace import run_trace
 
 GOLDEN = Path(__file__).parent / "golden" / "rules"
@@ -49,7 +50,7 @@ def check_findings(case: Case) -> list[tuple[Finding, bool]]:
     assert trace.failure is not None, "the case must fail"
     base = View(model, args, {}, target=target)
     results = []
-    for finding in find(context(trace, base, loss), FAILURE_RULES):
+    for finding in find(context(trace, base.model, loss), FAILURE_RULES):
         with planned(base, (finding.fix,)) as view:
             ok = runs(view, loss, dry_run=True)
             assert not ok or runs(view, loss, dry_run=False), f"{finding.rule}: dry ok, real fails"

@@ -20,10 +20,11 @@ from test_rules import Case, check_findings, runs
 from torch import nn
 
 import shapecheck
+from shapecheck._advise import context
 from shapecheck._diagnose import FAILURE_RULES, Finding, find
 from shapecheck._fixes import View
 from shapecheck._loss import loss_hooks, loss_module
-from shapecheck._repair import MAX_CANDIDATES, context, planned
+from shapecheck._repair import MAX_CANDIDATES, planned
 from shapecheck._trace import run_trace
 
 Draw = Callable[[st.SearchStrategy[Any]], Any]
@@ -424,7 +425,7 @@ def check_second_steps(case: Case, found: list[tuple[Finding, bool]]) -> None:
             )
             if trace.failure is None:
                 continue
-            for step in find(context(trace, first, loss), FAILURE_RULES)[:MAX_CANDIDATES]:
+            for step in find(context(trace, first.model, loss), FAILURE_RULES)[:MAX_CANDIDATES]:
                 with planned(first, (step.fix,)) as second:
                     dry_ok = runs(second, loss, dry_run=True)
                     assert not dry_ok or runs(second, loss, dry_run=False), (

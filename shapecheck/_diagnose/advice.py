@@ -122,33 +122,39 @@ def unused_module(ctx: Context) -> list[Finding]:
     whose weights nothing used: a weight tied to a module that ran (T5's ``shared``
     embedding is its encoder's ``embed_tokens``) or read directly by the parent counts as used.
     TorchScript submodules take no hooks, so whether they ran is not known: left out."""
-    called = {id(m) for m in ctx.module_at.values()}
-    dead = {id(m) for m in ctx.model.modules() if not any(id(x) in called for x in m.modules())}
+    tree = list(ctx.model.named_modules())
+    live = _ran_or_holds_one(ctx, tree)
     used = _weights_in_use(ctx)
+    parents = {id(child): module for _, module in tree for child in module.children()}
     findings = []
-    for path, module in ctx.model.named_modules():
-        if not path or id(module) not in dead or isinstance(module, torch.jit.ScriptModule):
+    for path, module in tree:
+        if not path or id(module) in live or isinstance(module, torch.jit.ScriptModule):
             continue
-        if any(id(p) in used for p in module.parameters()):
-            continue
-        parent = ctx.model.get_submodule(path.rpartition(".")[0])
-        if id(parent) in dead or _uses_children_directly(parent):
+        parent = parents.get(id(module), ctx.model)
+        if id(parent) not in live or _uses_children_directly(parent):
             continue  # reported with its parent, or used through its weights (MHA.out_proj)
-        params = _own(module)
-        if params == 0:
+        weights = list(module.parameters())
+        if not weights or any(id(p) in used for p in weights):
             continue
-        evidence = (("params", f"{count(params)} that get no gradient and only take memory"),)
+        evidence = (("params", f"{count(sum(p.numel() for p in weights))} that get no gradient "
+                               "and only take memory"),)  # fmt: skip
         fix = Fix(summary="call it in forward(), or delete it", code=f"del model.{path}")
+        head = f"module '{path}' ({type(module).__name__}) never ran in the forward"
         findings.append(
             Finding(
-                path,
-                f"module '{path}' ({type(module).__name__}) never ran in the forward",
-                evidence,
-                "it is built in __init__ but forward() never calls it",
-                fix,
+                path, head, evidence, "it is built in __init__ but forward() never calls it", fix
             )
         )
     return findings
+
+
+def _ran_or_holds_one(ctx: Context, tree: list[tuple[str, nn.Module]]) -> set[int]:
+    """Ids of the modules that ran or hold one that ran: one pass, children before parents."""
+    live = {id(m) for m in ctx.module_at.values()}
+    for _, module in reversed(tree):
+        if id(module) not in live and any(id(c) in live for c in module.children()):
+            live.add(id(module))
+    return live
 
 
 def _uses_children_directly(module: nn.Module) -> bool:
