@@ -87,10 +87,32 @@ class RankReports:
         """The Report that stands for ``rank`` (its group's)."""
         return self.group(rank).report
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view: every group's ranks, shard shapes and report."""
+        return {
+            "model": self.model_type,
+            "world_size": self.world_size,
+            "mesh_shape": list(self.mesh_shape),
+            "rank_param_bytes": list(self.rank_param_bytes),
+            "groups": [
+                {
+                    "ranks": list(g.ranks),
+                    "param_shapes": {name: list(shape) for name, shape in g.param_shapes},
+                    "report": g.report.to_dict(),
+                }
+                for g in self.groups
+            ],
+        }
+
     def __str__(self) -> str:
         from ._render import render_ranks
 
         return render_ranks(self)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
 
 
 # -- what travels between the processes ---------------------------------------------------------

@@ -7,6 +7,7 @@ Processes are slow to start: one explain_ranks and one gloo job are shared by th
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -92,6 +93,10 @@ def test_the_uneven_last_shard_is_diagnosed_with_a_verified_fix(
     assert "0-2 " in text
     assert "fails at forward (view): tp-uneven-shard" in text
     assert "ranks 3 (traced on rank 3):" in text
+    data = json.loads(json.dumps(ranks.to_dict()))
+    assert [g["ranks"] for g in data["groups"]] == [[0, 1, 2], [3]]
+    assert data["groups"][1]["param_shapes"]["head.weight"] == [248, sm.DIM]
+    assert data["groups"][1]["report"]["diagnoses"][0]["rule"] == "tp-uneven-shard"
 
 
 def _nested(mesh: Any) -> Any:
