@@ -252,8 +252,8 @@ def _run(job_file: Path, folder: Path, ranks: list[int], every_rank: bool) -> li
             (rank, folder / f"rank{rank}.pt", _start(job_file, folder, rank, every_rank))
             for rank in ranks[start : start + width]
         ]
-        for rank, out, process in running:
-            _, errors = process.communicate()
+        answers = [(rank, out, process, process.communicate()[1]) for rank, out, process in running]
+        for rank, out, process, errors in answers:  # every process waited for before raising
             if process.returncode != 0 or not out.exists():
                 raise ShapecheckError(
                     f"the process for rank {rank} ended with exit code {process.returncode} "

@@ -164,3 +164,12 @@ def real_rank(rank: int, world_size: int, port: int, build_name: str, out: str) 
         torch.save({"outputs": outputs, "params": params, "error": error}, f"{out}/{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def build_colwise_norm(mesh: object) -> GPT:
+    """A plan that makes a LayerNorm ColwiseParallel: parallelize_module raises, in the rank."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+    model = GPT(layers=1)
+    parallelize_module(model, mesh, {"ln": ColwiseParallel()})  # type: ignore[arg-type]
+    return model

@@ -137,3 +137,11 @@ def test_readme_worked_example_prints_what_the_readme_shows(tmp_path: Path) -> N
         path.write_text(readme.replace(shown.strip(), actual), encoding="utf-8")
         pytest.skip("README's sharded example rewritten from the real output; review the diff")
     assert actual == shown.strip()
+
+
+def test_what_build_raises_on_a_rank_is_raised_here_with_its_traceback() -> None:
+    with pytest.raises(NotImplementedError, match=r"only support nn\.Linear") as raised:
+        shapecheck.explain_ranks(sm.build_colwise_norm, sm.tokens(), world_size=2)
+    (note,) = raised.value.__notes__
+    assert note.startswith("shapecheck: raised on rank 0, in its own process:")
+    assert 'parallelize_module(model, mesh, {"ln": ColwiseParallel()})' in note
