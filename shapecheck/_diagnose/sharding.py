@@ -23,6 +23,7 @@ from .._text import shape, short
 from ._context import Context, Finding
 from ._registry import failure_rule, layer_rule
 from ._words import headline, pytorch, where
+from .reshape import requested_shape
 
 __all__ = [
     "Split",
@@ -36,7 +37,6 @@ __all__ = [
 
 _RESHAPES = frozenset({"view", "reshape"})
 _SHARD = re.compile(r"S\((-?\d+)\)$")
-_SIZES = re.compile(r"^[\s\[\(]*(-?\d+(?:\s*,\s*-?\d+)*)[\s\]\),]*$")
 #: calls whose output is their first input, element by element: a shard stays the same shard
 _ELEMENTWISE = frozenset({
     "gelu", "relu", "silu", "tanh", "sigmoid", "dropout", "mul", "add", "sub", "div", "softmax",
@@ -124,16 +124,11 @@ class Split:
         return math.prod(rest) if rest and -1 not in rest else None
 
 
-def _sizes(arguments: str) -> tuple[int, ...] | None:
-    found = _SIZES.match(arguments)
-    return tuple(int(s) for s in found.group(1).split(",")) if found else None
-
-
 def _split(ctx: Context) -> Split | None:
     layer = ctx.failed_layer()
     if layer is None or layer.kind != "function" or layer.type not in _RESHAPES:
         return None
-    sizes = _sizes(layer.arguments)
+    sizes = requested_shape(layer, ctx.failure.message) if ctx.failure is not None else None
     origin = sharded_origin(ctx, layer.inputs[0]) if layer.inputs and sizes else None
     if origin is None or sizes is None:
         return None
