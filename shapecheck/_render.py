@@ -359,14 +359,14 @@ def render_ranks(ranks: RankReports) -> str:
         f"shapecheck: {ranks.model_type} on {ranks.world_size} ranks, mesh "
         f"{shape(ranks.mesh_shape)}: {groups} group{'s' if groups != 1 else ''} of ranks with "
         "the same shards, one traced each",
-        f"{'ranks':<12} {'params here':<26} {'output':<24} result",
+        f"{'ranks':<8} {'params here':<24} {'output':<20} result",
     ]
     for group in ranks.groups:
         report = group.report
         held = f"{count(group.params)} · {nbytes(ranks.rank_param_bytes[group.rank])}"
         output = shapes(report.output_shapes) if report.ok else _FAILED
         result = "runs" if report.ok else _failed_at(report)
-        lines.append(f"{_fit(_rank_list(group.ranks), 12):<12} {held:<26} {_fit(output, 24):<24} "
+        lines.append(f"{_rank_list(group.ranks):<8} {held:<24} {_fit(output, 20):<20} "
                      f"{result}")  # fmt: skip
     for group in ranks.groups:
         if not group.report.ok:
