@@ -3,7 +3,8 @@
 Run ``python benchmarks/run.py`` (``--quick`` for a smoke run of a minute or two). It prints
 Markdown tables: times (medians over interleaved rounds, so background load hits every variant
 alike), peak RSS (each variant alone in a fresh subprocess), FLOPs side by side, the ~65B meta
-model and the 1k-8k layer scaling series. ``--json PATH`` also writes the raw figures.
+model, the 1k-8k layer scaling series and input-size contracts against a dry run
+(``--contract`` runs only that section). ``--json PATH`` also writes the raw figures.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ VARIANTS = ("plain", "explain", "explain_flops", "explain_dry", "torchinfo")
 BIG_VARIANTS = ("plain", "explain_dry", "torchinfo")
 #: --quick: a smoke run of the same code on the small configs
 QUICK = ["seed_cnn b64", "resnet50 b1", "lstm b8x64"]
+#: input-size contracts: a batch of 1 (or of 3, the channels) cannot be a symbol's example
+CONTRACT_CONFIGS: dict[str, tuple[Callable[..., Built], dict[str, int]]] = {
+    "seed_cnn b4": (zoo.seed_cnn, {"batch": 4}),
+    "resnet50 b2": (zoo.resnet50, {"batch": 2}),
+}
+CONTRACT_VARIANTS = ("dry_size", "contract", "contract_str")
+#: the issue's targets: contract <= 15x the dry run of ResNet-50; the CNN's contract <= 150 ms
+CONTRACT_TARGETS = {"resnet50 b2": ("ratio", 15.0), "seed_cnn b4": ("ms", 150.0)}
 
 
 # -- variants -------------------------------------------------------------------------------------
@@ -66,11 +75,22 @@ def run_variant(variant: str, model: nn.Module, inputs: tuple[torch.Tensor, ...]
         return shapecheck.explain(model, *inputs, dry_run=True)
     if variant == "torchinfo":
         return torchinfo.summary(model, input_data=list(inputs), verbose=0)
+    return run_contract_variant(variant, model, tuple(inputs[0].shape))
+
+
+def run_contract_variant(variant: str, model: nn.Module, size: tuple[int, ...]) -> Any:
+    """The dry run the contract is held against, the contract, and the contract shown."""
+    if variant == "dry_size":
+        return shapecheck.explain(model, input_size=size, dry_run=True)
+    if variant == "contract":
+        return shapecheck.contract(model, "B 3 H W", example=size)
+    if variant == "contract_str":
+        return str(shapecheck.contract(model, "B 3 H W", example=size))
     raise ValueError(f"unknown variant {variant!r}")
 
 
 def build(name: str) -> Built:
-    factory, kwargs = CONFIGS[name]
+    factory, kwargs = {**CONFIGS, **CONTRACT_CONFIGS}[name]
     torch.manual_seed(0)
     model, inputs = factory(**kwargs)
     return model.eval(), inputs
@@ -230,6 +250,28 @@ def scaling(sizes: list[int], rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+# -- input-size contracts -------------------------------------------------------------------------
+def contracts(rounds: int) -> dict[str, Any]:
+    return {name: time_config(name, CONTRACT_VARIANTS, rounds) for name in CONTRACT_CONFIGS}
+
+
+def render_contracts(results: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| config | dry run ms | contract ms | contract + str ms | contract/dry run | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        times = result["times"]
+        ratio = paired_ratio(times, "contract", "dry_size")
+        kind, limit = CONTRACT_TARGETS[name]
+        value = ratio if kind == "ratio" else 1000 * statistics.median(times["contract"])
+        target = f"≤ {limit:g}×" if kind == "ratio" else f"≤ {limit:g} ms"
+        cells = [_ms(statistics.median(times[v])) for v in CONTRACT_VARIANTS]
+        met = "met" if value <= limit else "not met"
+        lines.append(f"| {name} | {' | '.join(cells)} | {ratio:.2f}× | {target}: {met} |")
+    return lines
+
+
 # -- report ---------------------------------------------------------------------------------------
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -278,6 +320,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few rounds, small inputs")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--contract", action="store_true", help="only the contract section")
     parser.add_argument(
         "--threads",
         type=int,
@@ -293,6 +336,12 @@ def main() -> None:
         return
     quick = options.quick
     print(f"machine: {machine()}\n")
+    if options.contract:
+        found = contracts(2 if quick else 7)
+        if options.json:
+            options.json.write_text(json.dumps(found, indent=1))
+        print("\n".join(render_contracts(found)))
+        return
     results = _all(quick)
     if options.json:
         options.json.write_text(json.dumps(results, indent=1))
@@ -332,6 +381,7 @@ def _all(quick: bool) -> dict[str, Any]:
         "giant": in_subprocess("giant", "1" if quick else "5"),
         "scaling": scaling(sizes, 1 if quick else 3),
         "grad_rss": {name: in_subprocess("grad_rss", name) for name in checked},
+        "contracts": contracts(rounds),
     }
 
 
@@ -404,7 +454,8 @@ def _render(results: dict[str, Any]) -> list[str]:
             f"- {name}: saved {row['saved_mib']:,.1f} MiB (+ output "
             f"{row['output_mib']:,.1f} MiB); RSS grew {row['rss_growth_mib']:,.1f} MiB"
         )
-    return lines
+    lines += ["", "## Input-size contracts against a dry run", ""]
+    return lines + render_contracts(results["contracts"])
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from ._errors import ShapecheckError, ShapeError, UsageError
 if _typing.TYPE_CHECKING:
     from ._apply import apply_fix
     from ._clarify import clarify
+    from ._contract import Contract, contract
     from ._explain import explain
     from ._ranks import RankGroup, RankReports, explain_ranks
     from ._records import Diagnosis, Failure, Layer, Outcome, Step, TensorInfo, TrainingMemory
@@ -20,7 +21,8 @@ if _typing.TYPE_CHECKING:
 # Imported on first use (PEP 562) so that the pytest plugin, registered as
 # ``shapecheck.pytest_plugin``, loads without importing torch in every pytest run.
 _LAZY = {
-    "clarify": "._clarify", "explain": "._explain", "Report": "._report",
+    "clarify": "._clarify", "contract": "._contract", "Contract": "._contract",
+    "explain": "._explain", "Report": "._report",
     "Diagnosis": "._records", "Failure": "._records", "Layer": "._records",
     "TensorInfo": "._records", "TrainingMemory": "._records", "Outcome": "._records",
     "Step": "._records", "apply_fix": "._apply",
@@ -44,9 +46,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Diagnosis", "Failure", "Layer", "Outcome", "RankGroup", "RankReports", "Report",
-    "ShapeError", "ShapecheckError", "Step", "TensorInfo", "TrainingMemory", "UsageError",
-    "apply_fix", "clarify", "explain", "explain_ranks", "fake_world",
+    "Contract", "Diagnosis", "Failure", "Layer", "Outcome", "RankGroup", "RankReports",
+    "Report", "ShapeError", "ShapecheckError", "Step", "TensorInfo", "TrainingMemory",
+    "UsageError", "apply_fix", "clarify", "contract", "explain", "explain_ranks", "fake_world",
 ]  # fmt: skip
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
-"""The command line: ``shapecheck explain FILE.py:NAME --input 1,3,32,32`` and ``shapecheck demo``.
+"""The command line: ``shapecheck explain FILE.py:NAME --input 1,3,32,32``,
+``shapecheck contract FILE.py:NAME --input 4,3,32,32 --spec "B 3 H W"`` and ``shapecheck demo``.
 
 Exit status: 0 when the model runs, 1 when its forward fails, 2 on usage errors.
 """
@@ -32,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--depth", type=int, default=None, help="fold rows deeper than N")
     explain.add_argument("--json", action="store_true", help="print the report as JSON")
     explain.add_argument("--dry-run", action="store_true", help="run on fake tensors")
+    contract = commands.add_parser("contract", help="every layer's shape as a formula of the "
+                                   "input's symbols, and the sizes the model accepts")  # fmt: skip
+    contract.add_argument("target", help="FILE.py:NAME — a module instance, class or factory")
+    contract.add_argument("--input", action="append", default=[], metavar="4,3,32,32",
+                          help="the example's shape (repeat for several inputs)")  # fmt: skip
+    contract.add_argument("--spec", action="append", default=[], metavar="'B 3 H W'",
+                          help="a spec per --input: symbols vary, integers are fixed")  # fmt: skip
+    contract.add_argument("--dtype", action="append", default=[], help="dtype per --input")
+    contract.add_argument("--json", action="store_true", help="print the contract as JSON")
     commands.add_parser("demo", help="explain the seed's broken CIFAR-2 CNN, then the fixed one")
     return parser
 
@@ -97,6 +107,28 @@ def _explain(ns: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _contract(ns: argparse.Namespace) -> int:
+    from ._contract import contract
+
+    model, args = _load(ns.target)
+    shapes = [_shape(text) for text in ns.input]
+    if not ns.spec:
+        raise UsageError("give the spec, e.g. --spec 'B 3 H W' (symbols vary, integers are fixed).")
+    if shapes and len(shapes) != len(ns.spec):
+        raise UsageError(
+            f"give one --spec per --input ({len(shapes)} inputs, {len(ns.spec)} specs)."
+        )
+    example: Any = (shapes[0] if len(shapes) == 1 else shapes) if shapes else list(args)
+    if not shapes and not args:
+        raise UsageError("give the example's shape, e.g. --input 4,3,32,32.")
+    dtype = (ns.dtype[0] if len(ns.dtype) == 1 else ns.dtype) if ns.dtype else None
+    spec = ns.spec[0] if len(ns.spec) == 1 else list(ns.spec)
+    found = contract(model, spec, example[0] if isinstance(example, list) and len(example) == 1
+                     else example, dtype=dtype)  # fmt: skip
+    print(json.dumps(found.to_dict(), indent=2) if ns.json else found)
+    return 0
+
+
 def _demo() -> int:
     import torch
 
@@ -122,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     ns = _parser().parse_args(argv)
     try:
+        if ns.command == "contract":
+            return _contract(ns)
         return _demo() if ns.command == "demo" else _explain(ns)
     except UsageError as error:
         print(f"shapecheck: error: {error}", file=sys.stderr)

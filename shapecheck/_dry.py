@@ -60,9 +60,9 @@ class DryRun:
         """Enter fake mode; yield the forward to call and the fake inputs."""
         if self.target is None and is_meta_model(model):
             self.target = torch.device("meta")
-        cached = _cached(model, self.target)
-        mode = cached.mode
         named = _named_state(model)
+        cached = _cached(model, self.target, [t for _, t in named])
+        mode = cached.mode
         fakes: dict[int, torch.Tensor] = {}  # one fake per tensor: tied weights stay tied
         for _, t in named:
             if id(t) not in fakes:
@@ -114,6 +114,12 @@ class DryRun:
         return fake
 
 
+def _signature(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """What a fake copies of a tensor; a change in any of it needs a new fake."""
+    return (getattr(tensor, "_version", 0), tuple(tensor.shape), tensor.stride(), tensor.dtype,
+            tensor.device, tensor.requires_grad)  # fmt: skip
+
+
 class _Fakes:
     """The fake weights of one model for one device, and the fake mode they belong to."""
 
@@ -121,16 +127,21 @@ class _Fakes:
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.fakes: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], torch.Tensor]] = {}
 
+    def unchanged(self, tensors: list[torch.Tensor]) -> bool:
+        """True when every tensor has its fake here, made from the tensor as it is now."""
+        for tensor in tensors:
+            known = self.fakes.get(id(tensor))
+            if known is None or known[0]() is not tensor or known[1] != _signature(tensor):
+                return not self.fakes  # a first dry run fills an empty cache
+        return True
+
     def fake_of(self, tensor: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The fake made for ``tensor`` last time, if the tensor is the same one, unchanged
-        (version counter, shape, dtype, device, requires_grad); else a new one."""
-        signature = (getattr(tensor, "_version", 0), tuple(tensor.shape), tensor.dtype,
-                     tensor.device, tensor.requires_grad)  # fmt: skip
+        """The fake made for ``tensor`` last time, else a new one (kept for next time)."""
         known = self.fakes.get(id(tensor))
-        if known is not None and known[0]() is tensor and known[1] == signature:
+        if known is not None and known[0]() is tensor:
             return known[2]
         fake = make()
-        self.fakes[id(tensor)] = (weakref.ref(tensor), signature, fake)
+        self.fakes[id(tensor)] = (weakref.ref(tensor), _signature(tensor), fake)
         return fake
 
 
@@ -141,11 +152,13 @@ _KEPT = 8
 _FAKES: OrderedDict[tuple[int, str], tuple[weakref.ref[nn.Module], _Fakes]] = OrderedDict()
 
 
-def _cached(model: nn.Module, target: torch.device | None) -> _Fakes:
-    """The fakes of ``model`` for ``target``, kept from an earlier dry run or new."""
+def _cached(model: nn.Module, target: torch.device | None, tensors: list[torch.Tensor]) -> _Fakes:
+    """The fakes of ``model`` for ``target``, kept from an earlier dry run when none of its
+    tensors changed since; else all new, in a new fake mode (the mode remembers each fake it
+    made for a tensor, so one changed weight means starting over)."""
     key = (id(model), str(target))
     found = _FAKES.get(key)
-    if found is not None and found[0]() is model:
+    if found is not None and found[0]() is model and found[1].unchanged(tensors):
         _FAKES.move_to_end(key)
         return found[1]
     fakes = _Fakes()

@@ -7,7 +7,9 @@ hypothesis: they are imported when a fixture or a marked test first needs them.
   ``__shapes__/<test_file>/<test_name>.txt`` next to the test module; ``--shapecheck-update``
   writes or refreshes it.
 - marker ``@pytest.mark.shapes(input="B 3 32 32", output="B 2", **sizes)`` on a test that
-  returns a model (or takes a ``model`` fixture): runs ``assert_batch_polymorphic`` on it.
+  returns a model (or takes a ``model`` fixture): runs ``assert_batch_polymorphic`` on it; with
+  ``symbolic=True`` (``input="B 3 H W"``, ``example=`` or sizes ``B=4, H=32, W=32``) it runs
+  ``assert_contract`` instead: one symbolic trace for every admissible size.
 - ``--shapecheck-examples=N``: batch sizes hypothesis draws in that check.
 - ``assert a == b`` on ``torch.Size`` or lists of shapes explains the difference by dim.
 """
@@ -64,7 +66,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "shapes(input, output, **sizes): the test returns a model (or takes a `model` fixture) "
-        "that must map the input spec to the output spec for any batch size (shapecheck).",
+        "that must map the input spec to the output spec for any batch size (shapecheck); "
+        "symbolic=True checks the formulas for every admissible size instead.",
     )
     examples = config.getoption("shapecheck_examples", None)
     if examples is not None and examples < 0:
@@ -184,7 +187,7 @@ def _check_contract(model: object, marker: pytest.Mark) -> None:
     __tracebackhide__ = True
     from torch import nn
 
-    from .testing import assert_batch_polymorphic
+    from .testing import assert_batch_polymorphic, assert_contract
 
     if not isinstance(model, nn.Module):
         pytest.fail(
@@ -199,7 +202,10 @@ def _check_contract(model: object, marker: pytest.Mark) -> None:
             f"got args {marker.args} and keywords {sorted(kwargs)}.",
             pytrace=False,
         )
-    assert_batch_polymorphic(model, kwargs.pop("input"), kwargs.pop("output"), **kwargs)
+    if kwargs.pop("symbolic", False):
+        assert_contract(model, kwargs.pop("input"), kwargs.pop("output"), **kwargs)
+    else:
+        assert_batch_polymorphic(model, kwargs.pop("input"), kwargs.pop("output"), **kwargs)
 
 
 # -- shape-aware assertion diffs ------------------------------------------------------------------

@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import nn
@@ -33,8 +33,12 @@ from ._report import Report
 from ._spec import Bindings, Mismatch, Spec, SpecLike, match, parse_spec
 from ._text import count, shape, shapes
 
+if TYPE_CHECKING:
+    from ._contract import Contract
+
 __all__ = [
     "assert_batch_polymorphic",
+    "assert_contract",
     "assert_output_shape",
     "assert_param_count",
     "assert_runs",
@@ -489,3 +493,100 @@ class _BatchCheck:
         for index, spec in enumerate(self.inputs):
             match(spec, spec.build(values), f"input {index}", bindings)
         return bindings
+
+
+# -- assert_contract ------------------------------------------------------------------------------
+def assert_contract(
+    model: nn.Module,
+    input_spec: Specs,
+    output_spec: Specs,
+    example: Any = None,
+    *,
+    batch: str | None = None,
+    **sizes: int,
+) -> Contract:
+    """Assert the output's shape formula matches ``output_spec`` at every size the model accepts
+    and that the batch is kept, from one symbolic trace (:func:`shapecheck.contract`).
+
+    ``example`` (a tensor, a shape, or symbol sizes as keywords) gives the sizes to trace at.
+    On failure the message is the contract: every layer's output as a formula.
+
+    Returns:
+        The Contract, for further checks.
+
+    Example:
+        >>> from shapecheck.demo import seed_model_fixed  # needs torch >= 2.13, so not run here
+        >>> model = seed_model_fixed()
+        >>> c = assert_contract(model, "B 3 H W", "B 2", B=4, H=32, W=32)  # doctest: +SKIP
+        >>> c.output  # doctest: +SKIP
+        ('B', 2)
+    """
+    __tracebackhide__ = True
+    from ._contract import make
+
+    found = make(model, input_spec, example, batch=batch, sizes=sizes)
+    specs = _spec_list(output_spec, "output_spec")
+    problems = _formula_problems(specs, found.outputs, set(found.symbols))
+    keeps = found.keeps_batch
+    if not keeps:
+        problems.append(f"the batch is not kept: {keeps.why}")
+    if problems:
+        lines = ["input-size contract broken", "", *(f"  {p}" for p in problems)]
+        raise AssertionError("\n".join([*lines, "", str(found)]))
+    return found
+
+
+def _formula_problems(
+    specs: list[Spec], outputs: Sequence[Sequence[str | int]], inputs: set[str]
+) -> list[str]:
+    """What differs between each output's formulas and its spec (a new symbol binds once)."""
+    if len(specs) != len(outputs):
+        return [f"the model gives {len(outputs)} output(s), the spec lists {len(specs)}"]
+    problems: list[str] = []
+    bound: dict[str, str | int] = {}
+    for index, (spec, dims) in enumerate(zip(specs, outputs, strict=True)):
+        where = "the output" if len(outputs) == 1 else f"output {index}"
+        problem = _formula_problem(spec, tuple(dims), inputs, bound)
+        if problem:
+            problems.append(f"{where} is {_formula(dims)}, the spec says {spec}: {problem}")
+    return problems
+
+
+def _formula_problem(
+    spec: Spec, dims: tuple[str | int, ...], inputs: set[str], bound: dict[str, str | int]
+) -> str | None:
+    rest = spec.rest
+    entries = spec.dims
+    if rest is not None:
+        after = len(entries) - rest - 1
+        if len(dims) < len(entries) - 1:
+            return f"{len(dims)} dims, at least {len(entries) - 1} needed"
+        head = zip(entries[:rest], dims[:rest], strict=True)
+        tail = zip(entries[rest + 1 :], dims[len(dims) - after :], strict=True)
+        pairs = [*head, *tail]
+    elif len(dims) != len(entries):
+        return f"{len(dims)} dims, {len(entries)} expected"
+    else:
+        pairs = list(zip(entries, dims, strict=True))
+    for index, (entry, dim) in enumerate(pairs):
+        wrong = _entry_problem_formula(entry, dim, inputs, bound)
+        if wrong:
+            return f"dim {index} {wrong}"
+    return None
+
+
+def _entry_problem_formula(
+    entry: Any, dim: str | int, inputs: set[str], bound: dict[str, str | int]
+) -> str | None:
+    if entry.kind == "size" and dim != entry.size:
+        return f"is {dim}, not {entry.size}"
+    if entry.kind == "symbol" and entry.name in inputs and dim != entry.name:
+        return f"is {dim}, not {entry.name} for every size"
+    new = entry.kind == "symbol" and entry.name not in inputs
+    if new and bound.setdefault(entry.name, dim) != dim:
+        return f"is {dim}, but {entry.name} is {bound[entry.name]} elsewhere"
+    return None
+
+
+def _formula(dims: Sequence[str | int]) -> str:
+    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shapecheck._cli import main
+from shapecheck._compat import torch_at_least
 
 MODELS = textwrap.dedent(
     """
@@ -179,3 +180,30 @@ def test_demo_piped_into_a_reader_that_leaves_early_exits_quietly():
             if process.poll() is None:
                 process.kill()
     assert "BrokenPipeError" not in errors
+
+
+@pytest.mark.skipif(not torch_at_least("2.13"), reason="contracts need torch >= 2.13")
+def test_contract_prints_the_formulas_and_json(models: Path, capsys):
+    code, out, err = _run(capsys, "contract", f"{models}:make_fixed", "--input", "4,3,32,32",
+                          "--spec", "B 3 H W")  # fmt: skip
+    assert (code, err) == (0, "")
+    assert "  5  MaxPool2d        (B, 8, H//4, W//4)" in out
+    assert "requires   (H//4)*(W//4) == 64" in out
+    code, out, _ = _run(capsys, "contract", f"{models}:make_fixed", "--input", "4,3,32,32",
+                        "--spec", "B 3 H W", "--json")  # fmt: skip
+    data = json.loads(out)
+    assert (code, data["outputs"], data["constraints"]) == (0, [["B", 2]], ["(H//4)*(W//4) == 64"])
+
+
+@pytest.mark.skipif(not torch_at_least("2.13"), reason="contracts need torch >= 2.13")
+def test_contract_uses_the_factorys_input_and_says_what_is_missing(models: Path, capsys):
+    code, out, _ = _run(capsys, "contract", f"{models}:make_with_input", "--spec", "B 3 H W")
+    assert code == 0
+    assert "example B=2, H=32, W=32" in out
+    code, _, err = _run(capsys, "contract", f"{models}:make_fixed", "--input", "4,3,32,32")
+    assert code == 2
+    assert "give the spec" in err
+    code, _, err = _run(capsys, "contract", f"{models}:make_fixed", "--input", "1,3,32,32",
+                        "--spec", "B 3 H W")  # fmt: skip
+    assert code == 2
+    assert "B=1: a symbol's example size must be >= 2" in err

@@ -14,6 +14,7 @@ import shapecheck
 import shapecheck.demo
 import shapecheck.strategies
 import shapecheck.testing
+from shapecheck._compat import torch_at_least
 from shapecheck.pytest_plugin import pytest_assertrepr_compare
 
 
@@ -212,3 +213,42 @@ def test_the_cifar2_contract_example_passes(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_inprocess(str(example), "-p", "no:cacheprovider",
                                           "--shapecheck-examples=1")  # fmt: skip
     result.assert_outcomes(passed=8)
+
+
+SYMBOLIC = """
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from shapecheck.demo import seed_model_fixed
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 16 * 16, 2)
+
+    def forward(self, x):
+        return self.fc(F.max_pool2d(self.conv(x), 2).view(-1, 8 * 16 * 16))
+
+@pytest.mark.shapes(input="B 3 H W", output="B 2", symbolic=True, example=(4, 3, 32, 32))
+def test_cifar2():
+    return seed_model_fixed()
+
+@pytest.mark.shapes(input="B 3 H W", output="B 2", symbolic=True, B=4, H=32, W=32)
+def test_view_mixes_the_batch():
+    return Net()
+"""
+
+
+@pytest.mark.skipif(not torch_at_least("2.13"), reason="contracts need torch >= 2.13")
+def test_the_marker_checks_the_contract_symbolically(pytester: pytest.Pytester) -> None:
+    import shapecheck._contract  # noqa: F401  (loaded before the inner session snapshots modules)
+
+    pytester.makepyfile(test_symbolic=SYMBOLIC)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*input-size contract broken*",
+        "*dim 0 is (B*(H//2)*(W//2))//256, not B for every size*",
+    ])  # fmt: skip

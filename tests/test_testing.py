@@ -17,6 +17,7 @@ from torch import nn
 
 import shapecheck.testing
 from shapecheck import UsageError
+from shapecheck._compat import torch_at_least
 from shapecheck.demo import seed_model, seed_model_fixed
 from shapecheck.testing import (
     FALLBACK_BATCH_SIZES,
@@ -333,3 +334,32 @@ def test_plugin_loads_without_torch_and_testing_without_hypothesis() -> None:
         "assert 'hypothesis' not in sys.modules, 'shapecheck.testing imported hypothesis'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# -- assert_contract ------------------------------------------------------------------------------
+@pytest.mark.skipif(not torch_at_least("2.13"), reason="contracts need torch >= 2.13")
+def test_assert_contract_passes_for_the_cifar2_model_and_returns_the_contract() -> None:
+    found = shapecheck.testing.assert_contract(seed_model_fixed(), "B 3 H W", "B 2",
+                                               torch.randn(4, 3, 32, 32))  # fmt: skip
+    assert found.output == ("B", 2)
+
+
+@pytest.mark.skipif(not torch_at_least("2.13"), reason="contracts need torch >= 2.13")
+def test_assert_contract_fails_with_the_contract_when_the_view_mixes_the_batch() -> None:
+    from zoo import BookNet
+
+    with pytest.raises(AssertionError) as failed:
+        shapecheck.testing.assert_contract(BookNet(), "B 3 H W", "B 2", B=4, H=32, W=32)
+    message = str(failed.value)
+    assert message.startswith("input-size contract broken")
+    assert "dim 0 is (B*(H//4)*(W//4))//64, not B for every size" in message
+    assert "the batch is not kept" in message
+    assert "  · view              ((B*(H//4)*(W//4))//64, 512)" in message
+
+
+@pytest.mark.skipif(not torch_at_least("2.13"), reason="contracts need torch >= 2.13")
+def test_assert_contract_binds_a_new_output_symbol_once() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    shapecheck.testing.assert_contract(model, "B 3 4", "B N", (2, 3, 4))
+    with pytest.raises(AssertionError, match="dim 0 is B, not 5"):
+        shapecheck.testing.assert_contract(model, "B 3 4", "5 N", (2, 3, 4))
