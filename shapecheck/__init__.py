@@ -14,8 +14,10 @@ if _typing.TYPE_CHECKING:
     from ._contract import Contract, contract
     from ._explain import explain
     from ._notebook import disable, enable
+    from ._ranks import RankGroup, RankReports, explain_ranks
     from ._records import Diagnosis, Failure, Layer, Outcome, Step, TensorInfo, TrainingMemory
     from ._report import Report
+    from ._world import fake_world
 
 # Imported on first use (PEP 562) so that the pytest plugin, registered as
 # ``shapecheck.pytest_plugin``, loads without importing torch in every pytest run.
@@ -25,6 +27,8 @@ _LAZY = {
     "Diagnosis": "._records", "Failure": "._records", "Layer": "._records",
     "TensorInfo": "._records", "TrainingMemory": "._records", "Outcome": "._records",
     "Step": "._records", "apply_fix": "._apply", "enable": "._notebook", "disable": "._notebook",
+    "fake_world": "._world", "explain_ranks": "._ranks", "RankReports": "._ranks",
+    "RankGroup": "._ranks",
 }  # fmt: skip
 # IPython's extension protocol (``%load_ext shapecheck``): found by name, not public API
 _HOOKS = {"load_ipython_extension": "._notebook", "unload_ipython_extension": "._notebook"}
@@ -47,9 +51,10 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "Contract", "Diagnosis", "Failure", "Layer", "Outcome", "Report", "ShapeError",
-    "ShapecheckError", "Step", "TensorInfo", "TrainingMemory", "UsageError", "apply_fix",
-    "clarify", "contract", "disable", "enable", "explain",
+    "Contract", "Diagnosis", "Failure", "Layer", "Outcome", "RankGroup", "RankReports",
+    "Report", "ShapeError", "ShapecheckError", "Step", "TensorInfo", "TrainingMemory",
+    "UsageError", "apply_fix", "clarify", "contract", "disable", "enable", "explain",
+    "explain_ranks", "fake_world",
 ]  # fmt: skip
 
 __version__ = "0.1.0"

@@ -21,6 +21,7 @@ __all__ = [
     "Fix",
     "FixKind",
     "InsertModule",
+    "Parallelize",
     "RegisterModules",
     "ReplaceModule",
     "RewriteCall",
@@ -49,6 +50,7 @@ class FixKind(Enum):
     EDIT_TARGET = "edit-target"
     CONVERT_MODEL = "convert-model"
     REGISTER_MODULES = "register-modules"
+    PARALLELIZE = "parallelize"
     TOGETHER = "together"
 
 
@@ -57,6 +59,7 @@ class CallRewrite(Enum):
 
     FLATTEN_PER_SAMPLE = "flatten-per-sample"  # x.view(-1, n) -> x.flatten(1)
     RESIZE_TO_FIRST = "resize-to-first"  # torch.cat([a, b]) with b resized to a's spatial size
+    SIZES = "sizes"  # x.view(2, 8, 4, 16) -> x.view(*RewriteCall.sizes)
     RESHAPE = "reshape"  # x.view(...) -> x.reshape(...): copies when the memory order needs it
 
 
@@ -163,13 +166,18 @@ class EditInput(Fix):
 
 @dataclass(frozen=True)
 class RewriteCall(Fix):
-    """Rewrite one functional call of ``forward``, found by its source line and name."""
+    """Rewrite one functional call of ``forward``, found by its source line and name
+    (``source="*"``: that call on every line, as a size used on several lines needs)."""
 
     kind: ClassVar[FixKind] = FixKind.REWRITE_CALL
     edits: ClassVar[str] = "a line of forward()"
     source: str = ""
     name: str = ""
     rewrite: CallRewrite = CallRewrite.FLATTEN_PER_SAMPLE
+    #: ``CallRewrite.SIZES``: a ``view``/``reshape`` asking for ``asked`` gets ``sizes``
+    #: instead; calls asking for other sizes run as written
+    asked: tuple[int, ...] = ()
+    sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,18 @@ class RegisterModules(Fix):
     owner: str = ""
     name: str = ""
     device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Parallelize(Fix):
+    """A new module ``build`` at ``path``, parallelised with the ParallelStyle named ``style``
+    (``"ColwiseParallel"``, ``"RowwiseParallel"``) on the mesh of the module it replaces."""
+
+    kind: ClassVar[FixKind] = FixKind.PARALLELIZE
+    edits: ClassVar[str] = "model"
+    path: str = ""
+    build: Build = Build("Identity")
+    style: str = "RowwiseParallel"
 
 
 @dataclass(frozen=True)

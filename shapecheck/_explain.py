@@ -18,6 +18,7 @@ from ._memory import check_optimizer, training_memory
 from ._params import param_totals, tied_params
 from ._records import Diagnosis
 from ._report import Report
+from ._sharding import world_of
 from ._trace import Trace, gc_paused, run_trace
 
 __all__ = ["explain"]
@@ -93,6 +94,7 @@ def explain(
     dry_run = dry_run or is_meta_model(model)
     args, kwargs = _inputs(inputs, forward_kwargs, input_size, dtypes, where, dry_run)
     traced = _traceable(model)
+    world = world_of(traced)  # before the forward: FSDP2 gathers the parameters inside it
     trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=flops,
                       saved=optimizer is not None, confirm=True,
                       **loss_hooks(loss, target))  # fmt: skip
@@ -111,6 +113,10 @@ def explain(
         else training_memory(traced, trace.saved, optimizer),
         fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=reruns,
         fold=fold, tied=tied_params(traced),
+        rank=None if world is None else world.rank,
+        world_size=None if world is None else world.world_size,
+        mesh_shape=None if world is None else world.mesh_shape,
+        rank_param_bytes=None if world is None else world.param_bytes,
     )  # fmt: skip
 
 

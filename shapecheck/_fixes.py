@@ -29,6 +29,7 @@ from ._changes import (
     Fix,
     FixKind,
     InsertModule,
+    Parallelize,
     ProjectOperand,
     RegisterModules,
     ReplaceModule,
@@ -257,6 +258,17 @@ def _resized_to_first(name: str) -> Rewrite:
     return join
 
 
+def _resized_call(name: str, asked: tuple[int, ...], sizes: tuple[int, ...]) -> Rewrite:
+    """The same ``view``/``reshape`` of the same tensor, to ``sizes`` where it asked ``asked``."""
+
+    def resize(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        given = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        new = sizes if tuple(given) == asked else tuple(given)
+        return getattr(args[0], name)(*new, **kwargs)
+
+    return resize
+
+
 def _reshaped(_: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0].reshape(*args[1:], **kwargs)
 
@@ -268,6 +280,7 @@ def _rewrite_call(fix: RewriteCall, view: View) -> Iterator[View]:
         CallRewrite.FLATTEN_PER_SAMPLE: _flatten_per_sample,
         CallRewrite.RESIZE_TO_FIRST: _resized_to_first(fix.name),
         CallRewrite.RESHAPE: _reshaped,
+        CallRewrite.SIZES: _resized_call(fix.name, fix.asked, fix.sizes),
     }
     rewrite = rewrites[fix.rewrite]
     yield replace(view, rewrites={**view.rewrites, (fix.source, fix.name): rewrite})
@@ -354,6 +367,17 @@ def _restore_attribute(module: nn.Module, name: str, child: Any, plain: Any) -> 
         module._modules[name] = child
     if plain is not _MISSING:
         module.__dict__[name] = plain
+
+
+@_interprets(FixKind.PARALLELIZE)
+@contextmanager
+def _parallelize(fix: Parallelize, view: View) -> Iterator[View]:
+    from ._sharding import parallelized  # torch.distributed.tensor: only for sharded models
+
+    old = view.model.get_submodule(fix.path)
+    new = parallelized(build(fix.build, old), old, fix.style)
+    with swapped(view.model, fix.path, new) as model:
+        yield replace(view, model=model)
 
 
 @_interprets(FixKind.TOGETHER)

@@ -24,6 +24,7 @@ from ._render import (
     _gap_text,
     _header,
     _marked,
+    _sharded,
     _status,
     _window,
     _words,
@@ -109,7 +110,16 @@ def _html_row(report: Report, row: Row, marks: dict[int, str], options: Options)
     pad = f" style='padding-left:{1.2 * row.depth:.1f}em'" if row.depth else ""
     body = f"<td>{_shape_cells(cells.inputs)}</td><td>{_shape_cells(cells.outputs)}</td>"
     right = "".join(f"<td class='sc-n'>{_e(c)}</td>" for c in cells.right)
-    return f"<tr{kind}{title}><td class='sc-name'{pad}>{name}</td>{body}{right}</tr>"
+    line = f"<tr{kind}{title}><td class='sc-name'{pad}>{name}</td>{body}{right}</tr>"
+    sharded = _sharded(report, flat, options)  # global shapes and placements, under the row
+    if sharded is not None:
+        line += (
+            f"<tr><td class='sc-name'{pad}>{_e(sharded.name)}</td>"
+            f"<td>{_shape_cells(sharded.inputs)}</td><td>{_shape_cells(sharded.outputs)}</td>"
+            + "".join(f"<td class='sc-n'>{_e(c)}</td>" for c in sharded.right)
+            + "</tr>"
+        )
+    return line
 
 
 def _inside(report: Report, row: Row, options: Options) -> str:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ._errors import UsageError
 from ._records import TrainingMemory
+from ._sharding import local, local_nbytes
 
 __all__ = ["OPTIMIZERS", "SavedTensors", "TrainingMemory", "check_optimizer", "training_memory"]
 
@@ -57,6 +58,10 @@ class SavedTensors:
         return sum(size for key, (size, _) in self.storages.items() if key not in state)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if isinstance(tensor, nn.Parameter) or isinstance(tensor._base, nn.Parameter):
+            # a weight (or its transpose): counted with the parameters. FSDP2 gathers whole
+            # weights inside the forward, as new Parameters the state keys cannot know
+            return tensor
         if self.state_keys is None:
             state = (*self.model.parameters(), *self.model.buffers())
             self.state_keys = {_storage(t)[0] for t in state}
@@ -83,6 +88,7 @@ def _unpack(tensor: torch.Tensor) -> torch.Tensor:
 
 def _storage(tensor: torch.Tensor) -> tuple[int, int, object]:
     """(key, bytes, storage) of the memory behind ``tensor``, real, meta or fake alike."""
+    tensor = local(tensor)  # a DTensor saved for backward: this rank's shard is what is kept
     try:
         storage = tensor.untyped_storage()
     except (RuntimeError, NotImplementedError):  # sparse and other storage-less layouts
@@ -92,12 +98,16 @@ def _storage(tensor: torch.Tensor) -> tuple[int, int, object]:
 
 
 def training_memory(model: nn.Module, saved: SavedTensors, optimizer: str) -> TrainingMemory:
-    """Parameters, gradients and optimizer state of the unique parameters, plus ``saved``."""
+    """Parameters, gradients and optimizer state of the unique parameters, plus ``saved``.
+
+    On a sharded model, this rank's: gradients and optimizer state are sharded as the
+    parameters are (DTensor gradients; FSDP2 reduce-scatters into the sharded parameters).
+    """
     params = trainable = 0
     for p in model.parameters():
         if isinstance(p, nn.parameter.UninitializedParameter):
             continue
-        size = p.numel() * p.element_size()
+        size = local_nbytes(p)
         params += size
         trainable += size if p.requires_grad else 0
     buffers = sum(b.numel() * b.element_size() for b in model.buffers()

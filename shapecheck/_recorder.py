@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,6 +23,7 @@ from ._describe import describe_arguments, describe_module
 from ._inputs import tensors_in
 from ._paths import ModuleFrame, PathIndex
 from ._records import TensorInfo
+from ._sharding import ModuleShard, dtensor_type, sharded_view
 from ._source import caller_source
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class Row:
     flops: int | None = None
     uncounted_start: int = 0
     flops_uncounted: int = 0
+    shard: ModuleShard | None = None
 
 
 class Recorder:
@@ -120,11 +122,21 @@ class Recorder:
         owned: Mapping[int, tuple[int, int]],
         device_alias: Mapping[str, str],
         rewrites: Mapping[tuple[str, str], Rewrite],
+        shards: Mapping[int, ModuleShard] | None = None,
     ) -> None:
         self.paths = paths
         self.owned = owned
         self.device_alias = device_alias
         self.rewrites = rewrites
+        self.shards = shards or {}
+        # None unless torch.distributed.tensor is imported: then no tensor can be a DTensor,
+        # and plain models pay nothing for the check
+        self.dtensor = dtensor_type()
+        # sharded models: the arguments before the ParallelStyle hooks made DTensors of them,
+        # and the outputs before they were made local again (early_pre_hook, early_post_hook)
+        self._raw: tuple[torch.Tensor, ...] | None = None
+        self._sharded_out: dict[int, tuple[TensorInfo, ...]] = {}
+        self.quiet = False  # inside the hooks of ParallelStyles and FSDP: their ops are no rows
         self.rows: list[Row] = []
         self.module_at: dict[int, nn.Module] = {}
         self.stack: list[ModuleFrame] = []
@@ -162,19 +174,38 @@ class Recorder:
         self._keys[id(tensor)] = (weakref.ref(tensor), key)
         return key
 
-    def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
+    def infos(
+        self, obj: object, made_by: int | None = None, raw: Sequence[torch.Tensor] | None = None
+    ) -> tuple[TensorInfo, ...]:
         """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins).
+        ``raw``: the same arguments before ParallelStyle hooks wrapped them as DTensors.
 
         Our own reads of ``.shape``/``.dtype`` must not go through the function mode (a hot
         spot: ~10 such reads per module call), so torch-function dispatch is off meanwhile.
         """
-        return self.infos_of(tensors_in(obj), made_by)
+        return self.infos_of(tensors_in(obj), made_by, raw)
 
     def infos_of(
-        self, tensors: list[torch.Tensor], made_by: int | None = None
+        self,
+        tensors: list[torch.Tensor],
+        made_by: int | None = None,
+        raw: Sequence[torch.Tensor] | None = None,
     ) -> tuple[TensorInfo, ...]:
         with _ours():
-            return tuple([self._info(t, made_by) for t in tensors])
+            if self.dtensor is None:
+                return tuple([self._info(t, made_by) for t in tensors])
+            return tuple([self._sharded_info(t, made_by, raw, i) for i, t in enumerate(tensors)])
+
+    def _sharded_info(
+        self, t: torch.Tensor, made_by: int | None, raw: Sequence[torch.Tensor] | None, at: int
+    ) -> TensorInfo:
+        """A DTensor's local shape, as the tensor that flows on, with its global shape and
+        placements; any other tensor as :meth:`_info` has it."""
+        if self.dtensor is None or not isinstance(t, self.dtensor):
+            return self._info(t, made_by)
+        shard, whole, placements, mesh = sharded_view(t)
+        info = self._info(_unwrapped(shard, raw, at), made_by)
+        return replace(info, global_shape=whole, placements=placements, mesh_shape=mesh)
 
     def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
         key = self._key(t)
@@ -249,15 +280,16 @@ class Recorder:
 
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        raw, self._raw, self.quiet = self._raw, None, False
         parent = self.stack[-1] if self.stack else None
         owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
         params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
         row = self._add(Row(
             path=self.paths.path_of(module, parent), kind="module",
             type=type(module).__name__, depth=len(self.stack),
-            inputs=self.infos((args, kwargs)), params=params, trainable=trainable,
+            inputs=self.infos((args, kwargs), raw=raw), params=params, trainable=trainable,
             summary=describe_module(module), parent=parent.row if parent else None,
-            flops_start=self._flops_now(),
+            flops_start=self._flops_now(), shard=self.shards.get(id(module)),
             uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         ))  # fmt: skip
         self.module_at[row] = module
@@ -267,6 +299,7 @@ class Recorder:
     def post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
+        self.quiet = False
         position = self._frame_of(module)
         if position is None:
             return
@@ -281,6 +314,30 @@ class Recorder:
             self._remember_values(frame.row, args)
         else:
             row.outputs = self.infos(output, made_by=frame.row)
+            sharded = self._sharded_out.pop(frame.row, None)
+            if sharded is not None:
+                row.outputs = _with_global(row.outputs, sharded)
+
+    # -- sharded models: what the ParallelStyle and FSDP hooks change -------------------------
+    def early_pre_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Runs before every other pre-hook: the arguments as the caller passed them (their
+        provenance), and the hooks' own ops (``DTensor.from_local``, FSDP's all-gather) kept
+        out of the table."""
+        self._raw, self.quiet = tuple(tensors_in((args, kwargs))), True
+
+    def early_post_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        """Runs before every other forward hook: outputs still DTensors, global shape and
+        placements as DTensor has them, before a ParallelStyle makes them local."""
+        if output is None:
+            return
+        position = self._frame_of(module)
+        if position is not None:
+            self._sharded_out[self.stack[position].row] = self.infos(output)
+            self.quiet = True
 
     def _frame_of(self, module: nn.Module) -> int | None:
         for position in range(len(self.stack) - 1, -1, -1):
@@ -293,7 +350,7 @@ class Recorder:
         if self._input_storages:
             self._guard_input(func, args, kwargs)
         frame = self.stack[-1] if self.stack else None
-        if frame is None or not frame.records_functions:
+        if self.quiet or frame is None or not frame.records_functions:
             return func(*args, **kwargs)
         name = function_name(func)
         if name in _BOOKKEEPING:
@@ -303,7 +360,9 @@ class Recorder:
             return result
         source = caller_source(skip=3)
         arguments = describe_arguments(args, kwargs, func)
-        rewrite = self.rewrites.get((source or "", name))
+        rewrites = self.rewrites
+        rewrite = (rewrites.get((source or "", name)) or rewrites.get(("*", name))) if rewrites \
+            else None  # fmt: skip
         tensors = tensors_in((args, kwargs))
         given = self.infos_of(tensors)
         with _ours():  # weights read directly, F.linear(x, self.w): require grad or are Parameters
@@ -350,15 +409,68 @@ class FunctionMode(TorchFunctionMode):
         return self.recorder.call(func, args, kwargs or {})
 
 
+def _unwrapped(shard: torch.Tensor, raw: Sequence[torch.Tensor] | None, at: int) -> torch.Tensor:
+    """The tensor a DTensor argument was made from (``from_local`` wraps a view of it), when
+    the raw argument at the same position is a plain tensor of the shard's shape."""
+    if raw is None or at >= len(raw) or raw[at].shape != shard.shape:
+        return shard
+    return raw[at]
+
+
+def _with_global(
+    outputs: tuple[TensorInfo, ...], sharded: tuple[TensorInfo, ...]
+) -> tuple[TensorInfo, ...]:
+    """Local outputs with the global shape of the DTensors they were made from, and the
+    placements they have after the ParallelStyle's output hook (see :func:`_flowing`)."""
+    if len(outputs) != len(sharded):
+        return outputs
+    found = []
+    for out, d in zip(outputs, sharded, strict=True):
+        placements = None
+        if out.global_shape is None and d.global_shape is not None and d.placements is not None:
+            placements = _flowing(d.placements, d.global_shape, d.shape, out.shape)
+        if placements is not None:
+            out = replace(out, global_shape=d.global_shape, placements=placements,
+                          mesh_shape=d.mesh_shape)  # fmt: skip
+        found.append(out)
+    return tuple(found)
+
+
+def _flowing(
+    placements: tuple[str, ...],
+    whole: tuple[int, ...],
+    before: tuple[int, ...],
+    after: tuple[int, ...],
+) -> tuple[str, ...] | None:
+    """Placements of a module's DTensor output once a ParallelStyle redistributed it and made
+    it local: a Rowwise layer's partial sums ``P(sum)`` are all-reduced (``R``: the local
+    shape is the global one) or reduce-scattered (``S(d)``: only dim d is split); a shard
+    made local as it is keeps its placements. None when the shapes do not tell (a 2-D mesh)."""
+    if after == before and not any(p.startswith("P") for p in placements):
+        return placements
+    if after == whole:
+        return ("R",) * len(placements)
+    if len(placements) != 1 or len(after) != len(whole):
+        return None
+    split = [d for d, (a, w) in enumerate(zip(after, whole, strict=True)) if a != w]
+    return (f"S({split[0]})",) if len(split) == 1 else None
+
+
 @contextmanager
-def hooks(modules: list[nn.Module], recorder: Recorder) -> Iterator[None]:
+def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -> Iterator[None]:
     """Both hooks on every module; a TorchScript submodule cannot take hooks (its calls then
-    show as the ops of the module that calls it)."""
+    show as the ops of the module that calls it). On a sharded model also ``early_*`` hooks
+    that run before the ParallelStyle and FSDP hooks (registered first, they would run after)."""
     handles = []
     try:
         for module in modules:
             if isinstance(module, torch.jit.ScriptModule):
                 continue
+            if sharded:
+                handles.append(module.register_forward_pre_hook(
+                    recorder.early_pre_hook, with_kwargs=True, prepend=True))  # fmt: skip
+                handles.append(module.register_forward_hook(
+                    recorder.early_post_hook, with_kwargs=True, prepend=True))  # fmt: skip
             handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(
                 recorder.post_hook, with_kwargs=True, always_call=True))  # fmt: skip

@@ -66,6 +66,11 @@ class TensorInfo:
     Provenance, recorded while tracing: ``key`` tells tensor objects apart within one trace,
     ``made_by`` is the index of the row whose call first returned it, and ``model_input`` the
     position of the model's positional argument that it is (None when it is neither).
+
+    On a sharded model ``shape`` is this rank's (local) shape; a DTensor, or a module output
+    that a ParallelStyle turned back into a local tensor, also has its ``global_shape``, its
+    ``placements`` (one per mesh dim: ``"S(0)"``, ``"R"``, ``"P(sum)"``, ``"S(0, sf=2)"`` for
+    a strided shard) and the ``mesh_shape`` they refer to; None for plain tensors.
     """
 
     shape: Shape
@@ -75,6 +80,9 @@ class TensorInfo:
     key: int | None = field(default=None, compare=False)
     made_by: int | None = field(default=None, compare=False)
     model_input: int | None = field(default=None, compare=False)
+    global_shape: Shape | None = None
+    placements: tuple[str, ...] | None = None
+    mesh_shape: Shape | None = None
 
     @property
     def numel(self) -> int:
@@ -90,6 +98,10 @@ class Layer:
     """One call in the forward pass: a module's forward, or a functional op between modules.
 
     A module called twice gives two layers. ``outputs`` is empty when the call raised.
+    ``params`` counts the parameters the module owns (global sizes on a sharded model);
+    ``rank_params`` and ``rank_param_bytes`` what this rank holds of them, read from the
+    sharded parameters before the forward (FSDP2 gathers them inside it), and
+    ``param_placements`` each DTensor parameter's placements; None and ``()`` when unsharded.
     """
 
     index: int
@@ -109,6 +121,9 @@ class Layer:
     flops: int | None = None
     #: calls inside this one that do work but have no FLOPs formula: ``flops`` is then a floor
     flops_uncounted: int = 0
+    rank_params: int | None = None
+    rank_param_bytes: int | None = None
+    param_placements: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def input_shapes(self) -> list[Shape]:

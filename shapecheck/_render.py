@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from ._fold import Row, keep_of, visible_rows
-from ._records import Diagnosis, Layer, Outcome, Shape, Step, TrainingMemory
+from ._records import Diagnosis, Layer, Outcome, Shape, Step, TensorInfo, TrainingMemory
 from ._text import count, nbytes, plural, shape, shapes, short, to_ascii
 
 if TYPE_CHECKING:
+    from ._ranks import RankReports
     from ._report import Report
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Options",
     "flops_text",
     "plan_text",
+    "render_ranks",
     "render_report",
     "render_table",
     "step_lines",
@@ -123,7 +125,8 @@ def _name(row: Row) -> str:
 
 def _params(row: Row, tied: set[str]) -> str:
     layer = row.layer
-    text = count(row.params) if row.params else ("" if layer.kind == "function" else "—")
+    held = row.params if layer.rank_params is None or row.hidden else layer.rank_params  # rank's
+    text = count(held) if row.params else ("" if layer.kind == "function" else "—")
     if not tied or not text:
         return text
     inside = row.hidden and any(p.startswith(f"{layer.path}.") or not layer.path for p in tied)
@@ -145,6 +148,35 @@ def _cells(report: Report, row: Row, marks: dict[int, str], options: Options) ->
     return _Cells(text(_name(row)), tuple(map(text, _tokens(layer.input_shapes))),
                   tuple(map(text, outputs)), tuple(map(text, right)),
                   marks.get(layer.index, ""))  # fmt: skip
+
+
+def _sharded_text(info: TensorInfo) -> str:
+    """A tensor's global shape and placements, ``(2, 8, 64) S(2)``; ``·`` for a plain one."""
+    if info.global_shape is None or info.placements is None:
+        return "·"
+    return f"{shape(info.global_shape)} {','.join(info.placements)}"
+
+
+def _sharded(report: Report, row: Row, options: Options) -> _Cells | None:
+    """The line under a row of a sharded layer: the global shapes and placements of its tensors,
+    its parameters' placements and bytes on this rank, and their global count."""
+    layer, text = row.layer, options.text
+    tensors = (*layer.inputs, *layer.outputs)
+    if not layer.param_placements and all(t.global_shape is None for t in tensors):
+        return None
+    by_placement: dict[str, list[str]] = {}  # "weight,bias S(0)": one placement, said once
+    for param, placements in layer.param_placements:
+        by_placement.setdefault(",".join(placements), []).append(param)
+    held = [f"{','.join(names)} {p}" for p, names in by_placement.items()]
+    if layer.rank_param_bytes:
+        held.append(nbytes(layer.rank_param_bytes))
+    name = "  " * row.depth + "  ↳ " + (" · ".join(held) or "global")
+    outputs = () if layer.failed else tuple(_sharded_text(t) for t in layer.outputs)
+    right: tuple[str, ...] = (f"of {count(layer.params)}" if layer.param_placements else "",)
+    if report.total_flops is not None:
+        right += ("",)
+    return _Cells(text(name), tuple(text(_sharded_text(t)) for t in layer.inputs) or ("·",),
+                  tuple(map(text, outputs)) or ("·",), tuple(map(text, right)))  # fmt: skip
 
 
 def _marked(report: Report) -> dict[int, str]:
@@ -273,14 +305,18 @@ def _table(
     ``warnings`` whether the rows warnings are about get a line saying so."""
     marks = _marked(report) if warnings else {}
     cells = [_cells(report, row, marks, options) for row in rows]
+    under = [_sharded(report, row, options) for row in rows]  # sharded layers: global shapes
     header = _header(report.total_flops is not None)
-    layout = _layout([header, *cells], options.width, report.total_flops is not None)
+    layout = _layout([header, *cells, *(c for c in under if c is not None)], options.width,
+                     report.total_flops is not None)  # fmt: skip
     lines = [*_row_lines(header, layout, options)]
     lines.append(options.text("─") * (sum(layout.widths) + len(layout.widths) - 1))
-    for index, cell in enumerate(cells):
+    for index, (cell, sharded) in enumerate(zip(cells, under, strict=True)):
         if index == gap[0] and gap[1]:
             lines.append(options.text(_gap_text(gap[1])))
         lines += _row_lines(cell, layout, options)
+        if sharded is not None:
+            lines += _row_lines(sharded, layout, options)
     return lines
 
 
@@ -328,6 +364,8 @@ def render_totals(report: Report, options: Options | None = None) -> str:
              f"{count(report.non_trainable_params)} frozen"]  # fmt: skip
     parts += [f"{nbytes(b)} {d}" for d, b in sorted(report.param_bytes_by_dtype.items())]
     lines = [f"params     {_glued(parts)}"]
+    if report.rank_param_bytes is not None:
+        lines.append(_rank_line(report))
     if report.buffer_count:
         buffers = [f"{count(report.buffer_count)} values", nbytes(report.buffer_bytes)]
         lines.append(f"buffers    {_glued(buffers)}")
@@ -336,7 +374,8 @@ def render_totals(report: Report, options: Options | None = None) -> str:
         exact = f"{count(report.total_flops)} forward" if not uncounted else ""
         lines.append(f"flops      {exact or flops_text(report.total_flops, uncounted)}")
     if report.training_memory is not None:
-        lines.append(_memory_line(report.training_memory))
+        on = "" if report.rank is None else f" on rank {report.rank}"
+        lines.append(_memory_line(report.training_memory, on))
     output = shapes(report.output_shapes) if report.ok else "— (the forward raised)"
     kinds = " ".join(dict.fromkeys(f"{t.dtype} {t.device}" for t in report.inputs))
     mode = _mode(report).replace(" ", _GLUE) if len(_mode(report)) < 30 else _mode(report)
@@ -359,14 +398,21 @@ def _mode(report: Report) -> str:
     return mode
 
 
-def _memory_line(memory: TrainingMemory) -> str:
+def _rank_line(report: Report) -> str:
+    """``rank       0 of 4 (mesh (4,)) holds 1.4 MiB of the parameters``."""
+    mesh = f" (mesh {shape(report.mesh_shape)})" if report.mesh_shape else ""
+    held = nbytes(report.rank_param_bytes or 0)
+    return f"rank       {report.rank} of {report.world_size}{mesh} holds {held} of the parameters"
+
+
+def _memory_line(memory: TrainingMemory, on: str = "") -> str:
     parts = [f"params {nbytes(memory.params)}", f"grads {nbytes(memory.grads)}",
              f"optimizer state {nbytes(memory.optimizer_state)}",
              f"saved for backward {nbytes(memory.saved)}"]  # fmt: skip
     if memory.buffers:
         parts.append(f"buffers {nbytes(memory.buffers)}")
     glued = [p.replace(" ", _GLUE) for p in parts]  # wrap between parts, never inside one
-    head = f"training   ≈ {nbytes(memory.total)} per step with {memory.optimizer}: "
+    head = f"training   ≈ {nbytes(memory.total)} per step{on} with {memory.optimizer}: "
     return head + " + ".join(glued) + " (allocator overhead and workspaces not included)"
 
 
@@ -559,3 +605,49 @@ def _first(diagnoses: list[Diagnosis]) -> str:
 
 def _clip(text: str, most: int) -> str:
     return text if len(text) <= most else text[: most - 1] + "…"
+
+
+# -- sharded models: one line per group of ranks ------------------------------------------------
+
+
+def _rank_list(ranks: tuple[int, ...]) -> str:
+    """``0-2, 5``: runs of consecutive ranks."""
+    runs: list[list[int]] = []
+    for rank in ranks:
+        if runs and rank == runs[-1][-1] + 1:
+            runs[-1].append(rank)
+        else:
+            runs.append([rank])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def render_ranks(ranks: RankReports) -> str:
+    """One line per group of ranks that hold the same shards (what each rank holds, its output,
+    whether it ran), then the failure and diagnosis of each group that failed."""
+    groups = len(ranks.groups)
+    lines = [
+        f"shapecheck: {ranks.model_type} on {ranks.world_size} ranks, mesh "
+        f"{shape(ranks.mesh_shape)}: {plural(groups, 'group')} of ranks with the same shards, "
+        "one traced each",
+        f"{'ranks':<8} {'params here':<24} {'output':<20} result",
+    ]
+    for group in ranks.groups:
+        report = group.report
+        held = f"{count(group.params)} · {nbytes(ranks.rank_param_bytes[group.rank])}"
+        output = shapes(report.output_shapes) if report.ok else _FAILED
+        result = "runs" if report.ok else _rank_result(report)
+        lines.append(f"{_rank_list(group.ranks):<8} {held:<24} {_clip(output, 20):<20} "
+                     f"{result}")  # fmt: skip
+    for group in ranks.groups:
+        if not group.report.ok:
+            lines += ["", f"ranks {_rank_list(group.ranks)} (traced on rank {group.rank}):",
+                      render_failure(group.report)]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _rank_result(report: Report) -> str:
+    failure = report.failure
+    assert failure is not None
+    where = f"'{failure.path}' ({failure.type})" if failure.path else f"forward ({failure.type})"
+    rule = f": {report.diagnoses[0].rule}" if report.diagnoses else ""
+    return f"fails at {where}{rule}"

@@ -56,6 +56,13 @@ class Report:
     fold: bool = True
     #: parameters shared between modules: (path, the path that owns them first, how many)
     tied: tuple[tuple[str, str, int], ...] = ()
+    #: a sharded model (DTensor parameters, FSDP2): this process's rank, the world size, the
+    #: mesh shape its parameters live on, and the bytes of this rank's parameter shards
+    #: (``param_bytes`` and ``total_params`` stay global); None for a plain model
+    rank: int | None = None
+    world_size: int | None = None
+    mesh_shape: tuple[int, ...] | None = None
+    rank_param_bytes: int | None = None
 
     @property
     def ok(self) -> bool:

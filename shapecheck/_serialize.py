@@ -17,11 +17,16 @@ __all__ = ["SCHEMA_VERSION", "report_to_dict"]
 
 #: Bumped whenever a key changes meaning or goes away. 2: diagnoses carry their plan, each
 #: step's message as data (headline, evidence, cause, arithmetic), fix record and outcome.
+#: Sharded models add keys (a tensor's global shape, a layer's rank counts, the report's rank).
 SCHEMA_VERSION = 2
 
 
 def _tensor(t: TensorInfo) -> dict[str, Any]:
-    return {"shape": list(t.shape), "dtype": t.dtype, "device": t.device}
+    found: dict[str, Any] = {"shape": list(t.shape), "dtype": t.dtype, "device": t.device}
+    if t.global_shape is not None:  # a DTensor: ``shape`` is this rank's
+        found.update(global_shape=list(t.global_shape), placements=list(t.placements or ()),
+                     mesh_shape=list(t.mesh_shape or ()))  # fmt: skip
+    return found
 
 
 def _layer(layer: Layer) -> dict[str, Any]:
@@ -42,6 +47,18 @@ def _layer(layer: Layer) -> dict[str, Any]:
         "flops": layer.flops,
         "flops_uncounted": layer.flops_uncounted,
         "output_bytes": layer.output_bytes,
+        **_rank_counts(layer),
+    }
+
+
+def _rank_counts(layer: Layer) -> dict[str, Any]:
+    """What this rank holds of a sharded model's layer (nothing for a plain model)."""
+    if layer.rank_params is None:
+        return {}
+    return {
+        "rank_params": layer.rank_params,
+        "rank_param_bytes": layer.rank_param_bytes,
+        "param_placements": {name: list(p) for name, p in layer.param_placements},
     }
 
 
@@ -111,6 +128,10 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "unconfirmed": report.unconfirmed,
         "reruns": report.reruns,
         "tied": [{"path": p, "shared_with": owner, "params": n} for p, owner, n in report.tied],
+        "rank": report.rank,
+        "world_size": report.world_size,
+        "mesh_shape": None if report.mesh_shape is None else list(report.mesh_shape),
+        "rank_param_bytes": report.rank_param_bytes,
         "training_memory": None
         if report.training_memory is None
         else {**asdict(report.training_memory), "total": report.training_memory.total},

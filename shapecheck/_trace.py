@@ -29,6 +29,7 @@ from ._memory import SavedTensors
 from ._paths import PathIndex
 from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
+from ._sharding import is_sharded, kept_sharded, module_shards, settle
 from ._source import traceback_source
 
 if TYPE_CHECKING:
@@ -259,14 +260,19 @@ def _run_once(
     dry = DryRun(device) if dry_run else None
     counter = _counter() if flops else None
     saving = SavedTensors(model) if saved else None
-    recorder = Recorder(paths, owned_counts(modules), dry.device_alias if dry else {},
-                        rewrites or {})  # fmt: skip
+    sharded = is_sharded(model)  # read before the forward: FSDP2 gathers inside it
+    recorder = Recorder(
+        paths, owned_counts(modules), dry.device_alias if dry else {}, rewrites or {},
+        module_shards(modules) if sharded else None,
+    )  # fmt: skip
     restore = _Restore(modules, buffers=not dry_run, depth=paths.depth)
     output: Any = None
     error: Exception | None = None
     model_inputs: tuple[TensorInfo, ...] = ()
     try:
         with ExitStack() as stack:
+            if sharded:
+                stack.enter_context(kept_sharded(model))
             stack.enter_context(torch.set_grad_enabled(saved))
             stack.enter_context(_eager())
             forward: Callable[..., Any] = model
@@ -277,9 +283,11 @@ def _run_once(
                 if context is not None:
                     stack.enter_context(context)
             recorder.counter = counter
-            stack.enter_context(hooks(modules, recorder))
+            stack.enter_context(hooks(modules, recorder, sharded))
             stack.enter_context(FunctionMode(recorder))
             output = forward(*args, **kwargs)
+            if sharded:
+                settle(output)
             if call is not None:
                 call(output)
     except Exception as exc:
@@ -336,7 +344,10 @@ def _finish(
         Layer(index=i, path=r.path, kind=r.kind, type=r.type, depth=r.depth,  # type: ignore[arg-type]
               inputs=r.inputs, outputs=r.outputs, params=r.params, trainable=r.trainable,
               summary=r.summary, parent=r.parent, failed=r.failed, source=r.source,
-              arguments=r.arguments, flops=r.flops, flops_uncounted=r.flops_uncounted)
+              arguments=r.arguments, flops=r.flops, flops_uncounted=r.flops_uncounted,
+              rank_params=r.shard.params if r.shard else None,
+              rank_param_bytes=r.shard.nbytes if r.shard else None,
+              param_placements=r.shard.placements if r.shard else ())
         for i, r in enumerate(recorder.rows)
     ]  # fmt: skip
     failure = None if error is None else _failure(model, recorder, layers, inputs, error)

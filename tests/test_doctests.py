@@ -7,10 +7,13 @@ import importlib
 
 import pytest
 
+from shapecheck._compat import torch_at_least
+
 MODULES = [
     "shapecheck._explain", "shapecheck._report", "shapecheck._clarify", "shapecheck.demo",
     "shapecheck.testing", "shapecheck.strategies", "shapecheck._spec", "shapecheck._variable",
-    "shapecheck._text", "shapecheck._fold", "shapecheck._notebook",
+    "shapecheck._text", "shapecheck._fold", "shapecheck._notebook", "shapecheck._sharding",
+    *(["shapecheck._world"] if torch_at_least("2.5") else []),  # fake_world needs DTensor
 ]  # fmt: skip
 
 

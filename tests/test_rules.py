@@ -310,7 +310,9 @@ def test_rule_fix_runs_for_real(rule: str) -> None:
 def test_rules_are_registered_once() -> None:
     readers = [r.read for r in FAILURE_RULES + WARNING_RULES]
     assert len(readers) == len(set(readers))
-    assert {r.id for r in FAILURE_RULES} == set(CASES)  # every failure rule has its case here
+    # every failure rule has its case here; the tensor-parallel ones need a (fake) process
+    # group and some a rank other than 0: tests/test_sharded.py and test_sharded_ranks.py
+    assert {r.id for r in FAILURE_RULES if not r.id.startswith("tp-")} == set(CASES)
     assert {r.id for r in WARNING_RULES} == {
         "view-batch",
         "reused-module",

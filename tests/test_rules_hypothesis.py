@@ -401,7 +401,9 @@ PER_FAMILY = 5  # 100 models: the whole file stays near 30 s on two busy cores
 
 
 def test_every_failure_rule_has_a_family() -> None:
-    assert sorted(FAMILIES) == sorted({rule.id for rule in FAILURE_RULES})
+    # the tensor-parallel rules need a (fake) process group: their families are drawn in
+    # tests/test_sharded.py
+    assert sorted(FAMILIES) == sorted({r.id for r in FAILURE_RULES if not r.id.startswith("tp-")})
 
 
 def check_second_steps(case: Case, found: list[tuple[Finding, bool]]) -> None:
