@@ -64,7 +64,7 @@ def apply_fix(diagnosis: Diagnosis, model: nn.Module) -> nn.Module:
             "another instance of its class."
         )
     with torch.random.fork_rng(devices=[]), ExitStack() as stack:
-        view = View(model, (), {})
+        view = View(model, (), {}, kept=True)
         for step in diagnosis.plan:
             try:
                 view = stack.enter_context(applied(step.change, view))

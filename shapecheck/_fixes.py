@@ -55,6 +55,8 @@ class View:
     kwargs: dict[str, Any]
     rewrites: dict[tuple[str, str], Rewrite] = field(default_factory=dict)
     target: Any = None
+    #: the changes are kept (``apply``): new modules always get real, initialised weights
+    kept: bool = False
 
 
 Interpreter = Callable[[Any, View], AbstractContextManager[View]]
@@ -93,14 +95,30 @@ def _dtype_or(value: Any) -> Any:
     return candidate if isinstance(candidate, torch.dtype) else value
 
 
-def build(spec: Build, like: nn.Module | None = None) -> nn.Module:
-    """The module ``spec`` describes, with the floating dtype and device of ``like``'s weights."""
-    args = tuple(build(a) if isinstance(a, Build) else a for a in spec.args)
-    module: nn.Module = getattr(nn, spec.cls)(*args, **dict(spec.kwargs))
+#: A new module for a re-run larger than this is built on ``meta``: shapes only (a dry run of a
+#: huge model must not allocate a layer of it for real just to try a fix).
+_REAL_BUILD_BYTES = 2**30
+
+
+def build(spec: Build, like: nn.Module | None = None, real: bool = True) -> nn.Module:
+    """The module ``spec`` describes, with the floating dtype and device of ``like``'s weights;
+    with ``real`` False, on ``meta`` when its weights would take more than 1 GiB."""
+    if not real:
+        with torch.device("meta"):
+            probe = _constructed(spec)
+        if sum(p.numel() * p.element_size() for p in probe.parameters()) > _REAL_BUILD_BYTES:
+            return probe
+    module = _constructed(spec)
     home = _home(like) if like is not None else None
     if home is not None:
         dtype, device = home
         module = module.to(device=device) if dtype is None else module.to(device, dtype)
+    return module
+
+
+def _constructed(spec: Build) -> nn.Module:
+    args = tuple(_constructed(a) if isinstance(a, Build) else a for a in spec.args)
+    module: nn.Module = getattr(nn, spec.cls)(*args, **dict(spec.kwargs))
     return module
 
 
@@ -174,7 +192,9 @@ def _insert(fix: InsertModule, view: View) -> Iterator[View]:
     # the new module takes the dtype and device of the layer it feeds, else the one before
     neighbours = children[fix.index : fix.index + 1] + children[max(fix.index - 1, 0) : fix.index]
     like = next((m for m in neighbours if _home(m) is not None), None)
-    new = nn.Sequential(*children[: fix.index], build(fix.build, like), *children[fix.index :])
+    new = nn.Sequential(
+        *children[: fix.index], build(fix.build, like, view.kept), *children[fix.index :]
+    )
     with swapped(view.model, fix.sequential, new) as model:
         yield replace(view, model=model)
 
@@ -182,7 +202,7 @@ def _insert(fix: InsertModule, view: View) -> Iterator[View]:
 @_interprets(FixKind.REPLACE_MODULE)
 @contextmanager
 def _replace(fix: ReplaceModule, view: View) -> Iterator[View]:
-    new = build(fix.build, view.model.get_submodule(fix.path))
+    new = build(fix.build, view.model.get_submodule(fix.path), view.kept)
     with swapped(view.model, fix.path, new) as model:
         yield replace(view, model=model)
 
@@ -201,7 +221,7 @@ def _set_attributes(fix: SetAttributes, view: View) -> Iterator[View]:
 @contextmanager
 def _route(fix: RouteByRank, view: View) -> Iterator[View]:
     old = view.model.get_submodule(fix.path)
-    routed = _Routed(build(fix.build, old), old, fix.rank, fix.channels)
+    routed = _Routed(build(fix.build, old, view.kept), old, fix.rank, fix.channels)
     with swapped(view.model, fix.path, routed) as model:
         yield replace(view, model=model)
 
@@ -375,7 +395,7 @@ def _parallelize(fix: Parallelize, view: View) -> Iterator[View]:
     from ._sharding import parallelized  # torch.distributed.tensor: only for sharded models
 
     old = view.model.get_submodule(fix.path)
-    new = parallelized(build(fix.build, old), old, fix.style)
+    new = parallelized(build(fix.build, old, view.kept), old, fix.style)
     with swapped(view.model, fix.path, new) as model:
         yield replace(view, model=model)
 

@@ -10,10 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from ._changes import Fix
-
 if TYPE_CHECKING:
     from torch import nn
+
+    from ._changes import Fix
 
 __all__ = [
     "Diagnosis",

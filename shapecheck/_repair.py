@@ -138,6 +138,7 @@ def _size(fix: Fix) -> int:
         FixKind.CONVERT_MODEL: 3,
         FixKind.REGISTER_MODULES: 1,
         FixKind.INSERT_MODULE: 1,
+        FixKind.PARALLELIZE: 1,  # another sharding plan for a layer: its weights stay
     }
     return weights.get(fix.kind, 0)
 

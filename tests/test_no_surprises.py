@@ -263,3 +263,16 @@ def test_a_torchscript_model_is_a_usage_error_and_a_scripted_submodule_is_no_ala
     report = shapecheck.explain(Host(), torch.randn(2, 4))
     assert report.ok, report.failure
     assert report.warnings == []
+
+
+def test_a_fix_that_needs_a_huge_layer_is_tried_on_shapes_only_in_a_dry_run() -> None:
+    """Resizing a Linear to 10**12 inputs would take 8 TB: the dry run tries it on ``meta``
+    weights (shapes only, and says so); apply would build it for real."""
+    report = shapecheck.explain(nn.Linear(16, 2), input_size=(4, 10**12), dry_run=True)
+    first = report.diagnoses[0]
+    assert (first.rule, first.verified, first.verified_by) == (
+        "linear-in-features",
+        True,
+        "dry run",
+    )
+    assert first.output_shapes_after_fix == [(4, 2)]

@@ -4,11 +4,14 @@ rows) and what it returns: a Finding, its message and its fix as plain data."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .._changes import Fix
 from .._records import Evidence, Failure, Layer, Step, TensorInfo
+
+if TYPE_CHECKING:
+    from .._changes import Fix
 
 __all__ = ["Context", "Finding"]
 
