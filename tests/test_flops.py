@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 import shapecheck
 from shapecheck import _flop_formulas, _flops
-from shapecheck._compat import aten_ops
+from shapecheck._compat import aten_ops, torch_at_least
 from shapecheck._flop_formulas import FORMULAS, does_work
 from shapecheck._flops import FlopCounter
 from shapecheck._render import flops_text as lower_bound_text
@@ -204,7 +204,9 @@ def test_cpu_sdpa_equals_the_hand_count(case: str) -> None:
     counter, seen = _count(lambda: model(q, k, v))
     assert counter.total == hand
     assert counter.uncounted == {}
-    if case in {"plain", "causal", "gqa"}:
+    # the CPU flash kernel takes grouped heads on the torch tested here; older ones take the math
+    # path for them, which the count above covers all the same
+    if case in {"plain", "causal"} or (case == "gqa" and torch_at_least("2.13")):
         assert "_scaled_dot_product_flash_attention_for_cpu" in seen
     assert _explained(model, q, k, v) == hand
     assert _explained(model, q, k, v, dry_run=True) == hand
@@ -371,7 +373,9 @@ def test_benchmark_models_equal_their_hand_counts_real_dry_and_meta(name: str) -
 
 
 # -- what is not counted --------------------------------------------------------------------------
-@torch.library.custom_op("shapecheck_test::fused_matmul", mutates_args=())
+# the schema written out: this file's annotations are strings, which torch 2.4 cannot read
+@torch.library.custom_op("shapecheck_test::fused_matmul", mutates_args=(),
+                         schema="(Tensor a, Tensor b) -> Tensor")  # fmt: skip
 def _fused_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
