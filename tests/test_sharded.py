@@ -42,6 +42,8 @@ def _fully_shard(mesh: Any) -> Any:
     try:
         probe(torch.ones(1, mesh.size()))
     except AttributeError as error:
+        if "record_event" not in str(error):
+            raise
         pytest.skip(f"torch {torch.__version__}'s FSDP2 cannot run a forward on CPU ({error})")
     return fully_shard
 
