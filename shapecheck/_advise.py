@@ -20,7 +20,7 @@ def context(trace: Trace, model: nn.Module, loss: nn.Module | None = None) -> Co
     return Context(
         trace.layers, trace.failure, trace.inputs, trace.module_at, model, trace.dry_run,
         trace.weights_on, loss, trace.batch, trace.outputs, trace.weights_read,
-        trace.output_batch,
+        trace.output_batch, trace.walk,
     )  # fmt: skip
 
 

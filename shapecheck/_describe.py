@@ -66,17 +66,29 @@ _DESCRIBERS: list[tuple[type, Callable[..., str]]] = [
 ]  # fmt: skip
 
 
+#: module class -> (its describer, or None for the class name alone; whether it is lazy),
+#: found once per class: the tracer describes every module call
+_BY_CLASS: dict[type, tuple[Callable[..., str] | None, bool]] = {}
+
+
 def describe_module(module: nn.Module) -> str:
     """The class name with the hyper-parameters that decide shapes."""
-    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():
-        return type(module).__name__
-    for cls, describe in _DESCRIBERS:
-        if isinstance(module, cls):
-            try:
-                return describe(module)
-            except (AttributeError, TypeError):  # a subclass that renamed an attribute
-                break
-    return type(module).__name__
+    cls = type(module)
+    found = _BY_CLASS.get(cls)
+    if found is None:
+        found = _BY_CLASS[cls] = _describer_of(cls)
+    describe, lazy = found
+    if describe is None or (lazy and module.has_uninitialized_params()):  # type: ignore[operator]
+        return cls.__name__
+    try:
+        return describe(module)
+    except (AttributeError, TypeError):  # a subclass that renamed an attribute
+        return cls.__name__
+
+
+def _describer_of(cls: type) -> tuple[Callable[..., str] | None, bool]:
+    lazy = issubclass(cls, nn.modules.lazy.LazyModuleMixin)
+    return next((d for base, d in _DESCRIBERS if issubclass(cls, base)), None), lazy
 
 
 def describe_arguments(
@@ -86,13 +98,14 @@ def describe_arguments(
 
     Keyword arguments equal to ``func``'s defaults are left out (``F.max_pool2d`` passes them all).
     """
-    defaults = _defaults(func) if func is not None else {}
     parts = [_argument(a) for a in args[1:]]  # args[0] is the tensor the call is about
-    parts += [
-        f"{k}={_argument(v)}"
-        for k, v in kwargs.items()
-        if v is not None and v is not False and not _is_default(defaults, k, v)
-    ]
+    if kwargs:
+        defaults = _defaults(func) if func is not None else {}
+        parts += [
+            f"{k}={_argument(v)}"
+            for k, v in kwargs.items()
+            if v is not None and v is not False and not _is_default(defaults, k, v)
+        ]
     text = ", ".join(parts)
     return text if len(text) <= 40 else text[:39] + "…"
 
@@ -120,7 +133,12 @@ def _is_default(defaults: Mapping[str, object], name: str, value: object) -> boo
         return False
 
 
+_PLAIN = frozenset({int, float, bool, str, type(None)})
+
+
 def _argument(value: object) -> str:
+    if type(value) in _PLAIN:  # the common case first: called for every argument of every call
+        return repr(value)
     if isinstance(value, torch.Tensor):
         return "T"
     if isinstance(value, (list, tuple)):

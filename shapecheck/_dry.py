@@ -22,12 +22,14 @@ from torch.func import functional_call
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_map
 
+from ._paths import ModelWalk
+
 __all__ = ["DryRun", "available", "is_meta_model"]
 
 _FAKE_LOGGER = logging.getLogger("torch._subclasses.fake_tensor")
 
 
-def is_meta_model(model: nn.Module) -> bool:
+def is_meta_model(model: nn.Module | ModelWalk) -> bool:
     """True when the model's weights live on the meta device (built without memory)."""
     return any(t.device.type == "meta" for t in (*model.parameters(), *model.buffers()))
 

@@ -16,6 +16,7 @@ from ._inputs import make_inputs, parse_device, require_module, unwrapped
 from ._loss import loss_hooks, loss_module
 from ._memory import check_optimizer, training_memory
 from ._params import param_totals, tied_params
+from ._paths import ModelWalk
 from ._records import Diagnosis
 from ._report import Report
 from ._sharding import world_of
@@ -91,15 +92,16 @@ def explain(
     where = parse_device(device)
     _check_depth(depth)
     optimizer = check_optimizer(optimizer)
-    dry_run = dry_run or is_meta_model(model)
+    walk = _traceable(ModelWalk(model))  # the one walk of the model: the rest read it
+    traced = walk.root
+    dry_run = dry_run or is_meta_model(walk)
     args, kwargs = _inputs(inputs, forward_kwargs, input_size, dtypes, where, dry_run)
-    traced = _traceable(model)
-    world = world_of(traced)  # before the forward: FSDP2 gathers the parameters inside it
+    world = world_of(walk)  # before the forward: FSDP2 gathers the parameters inside it
     trace = run_trace(traced, args, kwargs, dry_run=dry_run, device=where, flops=flops,
-                      saved=optimizer is not None, confirm=True,
+                      saved=optimizer is not None, confirm=True, walk=walk,
                       **loss_hooks(loss, target))  # fmt: skip
     diagnoses, reruns = _diagnosed(traced, args, kwargs, target, where, loss, trace)
-    totals = param_totals(traced)
+    totals = param_totals(walk)
     return Report(
         model_type=type(model).__name__, layers=trace.layers, failure=trace.failure,
         diagnoses=diagnoses, warnings=[] if trace.failure else warn(traced, trace),
@@ -112,7 +114,7 @@ def explain(
         training_memory=None if trace.saved is None or optimizer is None
         else training_memory(traced, trace.saved, optimizer),
         fallback=trace.fallback, unconfirmed=trace.unconfirmed, reruns=reruns,
-        fold=fold, tied=tied_params(traced),
+        fold=fold, tied=tied_params(walk),
         rank=None if world is None else world.rank,
         world_size=None if world is None else world.world_size,
         mesh_shape=None if world is None else world.mesh_shape,
@@ -177,10 +179,10 @@ def _check_depth(depth: object) -> None:
         raise UsageError(f"depth must be None or an int >= 0, got {depth!r}.")
 
 
-def _traceable(model: nn.Module) -> nn.Module:
-    """The model itself, or a copy when lazy modules would otherwise materialise in place."""
+def _traceable(walk: ModelWalk) -> ModelWalk:
+    """The model's walk, or a copy's when lazy modules would otherwise materialise in place."""
     lazy = any(
         isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
-        for m in model.modules()
+        for m in walk.modules()
     )
-    return copy.deepcopy(model) if lazy else model
+    return ModelWalk(copy.deepcopy(walk.root)) if lazy else walk

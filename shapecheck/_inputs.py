@@ -14,6 +14,7 @@ from torch.utils._pytree import tree_map
 from ._errors import UsageError
 
 __all__ = [
+    "call_tensors",
     "is_compiled",
     "make_inputs",
     "parse_device",
@@ -85,6 +86,25 @@ def parse_device(value: object) -> torch.device | None:
     raise UsageError(f"device must be a string or torch.device, got {type(value).__name__}.")
 
 
+#: Argument types that never hold a tensor: collecting a call's tensors skips them at once.
+_LEAVES = frozenset({
+    int, float, bool, complex, str, type(None), type(Ellipsis), slice, torch.dtype,
+    torch.device, torch.Size, torch.layout, torch.memory_format,
+})  # fmt: skip
+
+
+def call_tensors(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
+    """``tensors_in((args, kwargs))``, with a fast path for the flat arguments of most calls."""
+    found: list[torch.Tensor] = []
+    for arg in (*args, *kwargs.values()) if kwargs else args:
+        kind = type(arg)
+        if kind is torch.Tensor or kind is nn.Parameter:
+            found.append(arg)
+        elif kind not in _LEAVES:
+            _collect(arg, found, depth=2)  # the depth it has inside (args, kwargs)
+    return found
+
+
 def tensors_in(obj: object) -> list[torch.Tensor]:
     """The tensors inside any nesting of tuples, lists and dicts, in order."""
     if isinstance(obj, torch.Tensor):  # the common cases first: called for every traced call
@@ -96,6 +116,8 @@ def tensors_in(obj: object) -> list[torch.Tensor]:
 
 def _collect(obj: object, found: list[torch.Tensor], depth: int) -> None:
     kind = type(obj)
+    if kind in _LEAVES:
+        return
     if kind is tuple or kind is list:  # exact types: no isinstance against ABCs on the hot path
         items: Any = obj
     elif kind is dict:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ._paths import ModelWalk, walk_of
+
 __all__ = ["ParamTotals", "param_totals", "tied_params"]
 
 
@@ -18,7 +20,7 @@ class ParamTotals:
     buffer_bytes: int
 
 
-def param_totals(model: nn.Module) -> ParamTotals:
+def param_totals(model: nn.Module | ModelWalk) -> ParamTotals:
     """Unique parameters (``model.parameters()`` de-duplicates shared tensors) and buffers."""
     total = trainable = 0
     by_dtype: dict[str, int] = {}
@@ -36,12 +38,12 @@ def param_totals(model: nn.Module) -> ParamTotals:
     )  # fmt: skip
 
 
-def tied_params(model: nn.Module) -> tuple[tuple[str, str, int], ...]:
+def tied_params(model: nn.Module | ModelWalk) -> tuple[tuple[str, str, int], ...]:
     """Parameters one module shares with another (tied weights, or one module registered
     under two names): ``(path, path that holds them first, how many)``, in module order."""
     owner: dict[int, str] = {}
     shared: dict[tuple[str, str], int] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
+    for path, module in walk_of(model).every:
         for p in module._parameters.values():
             if p is None or isinstance(p, nn.parameter.UninitializedParameter):
                 continue

@@ -6,14 +6,68 @@ such a child inside one call of its parent is given the k-th of its names there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["ModuleFrame", "PathIndex"]
+__all__ = ["ModelWalk", "ModuleFrame", "PathIndex", "walk_of"]
 
 
-@dataclass
+class ModelWalk:
+    """A model's module tree, walked once per explain: the tracer, the totals and the warning
+    rules read it instead of walking the model again (a walk costs ~1 µs per module, and an
+    explain of a small model used to make ten).
+
+    Parameters and buffers are read from the modules when asked (a lazy module makes its
+    parameters during the forward).
+    """
+
+    def __init__(self, root: nn.Module) -> None:
+        self.root = root
+        #: every path of every module, in ``named_modules`` order: a module registered at two
+        #: places is here twice
+        self.every = list(root.named_modules(remove_duplicate=False))
+        #: each module once, at its first path: ``root.named_modules()``
+        self.named: list[tuple[str, nn.Module]] = []
+        seen: set[int] = set()
+        for path, module in self.every:
+            if id(module) not in seen:
+                seen.add(id(module))
+                self.named.append((path, module))
+        self._modules = [module for _, module in self.named]
+
+    def modules(self) -> list[nn.Module]:
+        """Each module once: ``root.modules()``."""
+        return self._modules
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Each parameter once, in ``root.parameters()`` order (tied weights counted once)."""
+        return _unique(p for m in self._modules for p in m._parameters.values())
+
+    def buffers(self) -> list[torch.Tensor]:
+        """Each buffer once, in ``root.buffers()`` order."""
+        return _unique(b for m in self._modules for b in m._buffers.values())
+
+
+def walk_of(model: nn.Module | ModelWalk) -> ModelWalk:
+    """``model``'s walk: the one given, or a new one."""
+    return model if isinstance(model, ModelWalk) else ModelWalk(model)
+
+
+def _unique(tensors: Iterable[torch.Tensor | None]) -> list[Any]:
+    seen: set[int] = set()
+    found = []
+    for t in tensors:
+        if t is not None and id(t) not in seen:
+            seen.add(id(t))
+            found.append(t)
+    return found
+
+
+@dataclass(slots=True)
 class ModuleFrame:
     """One module call that is still running."""
 
@@ -27,9 +81,11 @@ class ModuleFrame:
 class PathIndex:
     """Paths of every module under a root, precomputed once per trace."""
 
-    def __init__(self, root: nn.Module, extra: dict[str, nn.Module] | None = None) -> None:
-        #: every module once, with its first path: the one walk of the model a trace makes
-        self.named = list(root.named_modules())
+    def __init__(
+        self, root: nn.Module | ModelWalk, extra: dict[str, nn.Module] | None = None
+    ) -> None:
+        #: every module once, with its first path
+        self.named = walk_of(root).named
         self.canonical: dict[int, str] = {}
         self.children: dict[int, dict[int, list[str]]] = {}
         for path, module in self.named:

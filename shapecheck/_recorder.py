@@ -11,7 +11,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,9 +20,9 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 
 from ._describe import describe_arguments, describe_module
-from ._inputs import tensors_in
+from ._inputs import call_tensors, tensors_in
 from ._paths import ModuleFrame, PathIndex
-from ._records import TensorInfo
+from ._records import Layer, TensorInfo, record_of
 from ._sharding import ModuleShard, dtensor_type, sharded_view
 from ._source import caller_source
 
@@ -51,12 +51,21 @@ _IN_PLACE_OPERATORS = frozenset({
 })  # fmt: skip
 
 
+#: What the recorder keeps of a tensor while tracing: TensorInfo's fields in its order, the
+#: dtype and device still torch's objects. Made into records once, when the trace ends
+#: (:meth:`Recorder.records`), where the same tensor seen at many calls gives one record.
+Seen = tuple[Any, ...]
+_SHAPE, _GLOBAL_SHAPE, _PLACEMENTS, _MESH_SHAPE = 0, 7, 8, 9
+_TENSOR_FIELDS = tuple(f.name for f in fields(TensorInfo))
+
 #: dtype -> its name as the records write it ("float32"), filled on first sight
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
     return name
 
 
@@ -69,10 +78,30 @@ def _ours() -> AbstractContextManager[None]:
 def writes_in_place(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> bool:
     """``x.mul_(2)``, ``x += 1``, ``x[0] = 1``, ``F.relu(x, inplace=True)``,
     ``torch.add(a, b, out=x)``: it writes into its first argument (or ``out``)."""
-    name = getattr(func, "__name__", "")
-    in_place = name.endswith("_") and not name.endswith("__") and not name.startswith("_")
-    return (in_place or name in _IN_PLACE_OPERATORS or "out" in kwargs
-            or kwargs.get("inplace") is True)  # fmt: skip
+    return _named(func)[1] or "out" in kwargs or kwargs.get("inplace") is True
+
+
+#: func -> (its name as a row shows it, whether that name says it writes in place); every call
+#: the recorder sees asks, and the distinct functions of a process are few
+_NAMES: dict[Any, tuple[str, bool]] = {}
+
+
+def _named(func: Callable[..., Any]) -> tuple[str, bool]:
+    try:
+        return _NAMES[func]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable
+        return function_name(func), _in_place_name(getattr(func, "__name__", ""))
+    found = function_name(func), _in_place_name(getattr(func, "__name__", ""))
+    if len(_NAMES) < 65536:  # bounded, should a program make functions without end
+        _NAMES[func] = found
+    return found
+
+
+def _in_place_name(name: str) -> bool:
+    trailing = name.endswith("_") and not name.endswith("__") and not name.startswith("_")
+    return trailing or name in _IN_PLACE_OPERATORS
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -89,7 +118,7 @@ def function_name(func: Callable[..., Any]) -> str:
     return name
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """A layer under construction."""
 
@@ -97,14 +126,14 @@ class Row:
     kind: str
     type: str
     depth: int
-    inputs: tuple[TensorInfo, ...]
+    inputs: tuple[Seen, ...]
     params: int
     trainable: int
     summary: str
     parent: int | None
     source: str | None = None
     arguments: str = ""
-    outputs: tuple[TensorInfo, ...] = ()
+    outputs: tuple[Seen, ...] = ()
     failed: bool = False
     flops_start: int | None = None
     flops: int | None = None
@@ -127,6 +156,8 @@ class Recorder:
         self.paths = paths
         self.owned = owned
         self.device_alias = device_alias
+        self._devices: dict[torch.device, str] = {}  # torch.device -> its name in the records
+        self._records: dict[Seen, TensorInfo] = {}
         self.rewrites = rewrites
         self.shards = shards or {}
         # None unless torch.distributed.tensor is imported: then no tensor can be a DTensor,
@@ -135,7 +166,7 @@ class Recorder:
         # sharded models: the arguments before the ParallelStyle hooks made DTensors of them,
         # and the outputs before they were made local again (early_pre_hook, early_post_hook)
         self._raw: tuple[torch.Tensor, ...] | None = None
-        self._sharded_out: dict[int, tuple[TensorInfo, ...]] = {}
+        self._sharded_out: dict[int, tuple[Seen, ...]] = {}
         self.quiet = False  # inside the hooks of ParallelStyles and FSDP: their ops are no rows
         self.rows: list[Row] = []
         self.module_at: dict[int, nn.Module] = {}
@@ -174,47 +205,61 @@ class Recorder:
         self._keys[id(tensor)] = (weakref.ref(tensor), key)
         return key
 
-    def infos(
-        self, obj: object, made_by: int | None = None, raw: Sequence[torch.Tensor] | None = None
-    ) -> tuple[TensorInfo, ...]:
-        """The tensors in ``obj``; ``made_by``: the row that returned them (first maker wins).
-        ``raw``: the same arguments before ParallelStyle hooks wrapped them as DTensors.
+    def infos(self, obj: object) -> tuple[TensorInfo, ...]:
+        """The records of the tensors in ``obj``, as they are now."""
+        with _ours():
+            return self.records(self.seen(tensors_in(obj)))
 
-        Our own reads of ``.shape``/``.dtype`` must not go through the function mode (a hot
-        spot: ~10 such reads per module call), so torch-function dispatch is off meanwhile.
-        """
-        return self.infos_of(tensors_in(obj), made_by, raw)
-
-    def infos_of(
+    def seen(
         self,
         tensors: list[torch.Tensor],
         made_by: int | None = None,
         raw: Sequence[torch.Tensor] | None = None,
-    ) -> tuple[TensorInfo, ...]:
-        with _ours():
-            if self.dtensor is None:
-                return tuple([self._info(t, made_by) for t in tensors])
-            return tuple([self._sharded_info(t, made_by, raw, i) for i, t in enumerate(tensors)])
+    ) -> tuple[Seen, ...]:
+        """What to keep of ``tensors``; ``made_by``: the row that returned them (first maker
+        wins). ``raw``: the same arguments before ParallelStyle hooks wrapped them as DTensors.
 
-    def _sharded_info(
+        Call with torch-function dispatch off (:func:`_ours`): the hooks run under the function
+        mode, and reading ``.shape``/``.dtype`` through it is a hot spot.
+        """
+        if self.dtensor is None:
+            return tuple([self._seen(t, made_by) for t in tensors])
+        return tuple([self._sharded_seen(t, made_by, raw, i) for i, t in enumerate(tensors)])
+
+    def _sharded_seen(
         self, t: torch.Tensor, made_by: int | None, raw: Sequence[torch.Tensor] | None, at: int
-    ) -> TensorInfo:
+    ) -> Seen:
         """A DTensor's local shape, as the tensor that flows on, with its global shape and
-        placements; any other tensor as :meth:`_info` has it."""
+        placements; any other tensor as :meth:`_seen` has it."""
         if self.dtensor is None or not isinstance(t, self.dtensor):
-            return self._info(t, made_by)
+            return self._seen(t, made_by)
         shard, whole, placements, mesh = sharded_view(t)
-        info = self._info(_unwrapped(shard, raw, at), made_by)
-        return replace(info, global_shape=whole, placements=placements, mesh_shape=mesh)
+        return (*self._seen(_unwrapped(shard, raw, at), made_by)[:7], whole, placements, mesh)
 
-    def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
+    def _seen(self, t: torch.Tensor, made_by: int | None) -> Seen:
         key = self._key(t)
+        made = self._made_by
         if made_by is not None:
-            self._made_by.setdefault(key, made_by)
-        device = str(t.device)
-        return TensorInfo(tuple(t.shape), _DTYPE_NAMES.get(t.dtype) or _dtype_name(t.dtype),
-                          self.device_alias.get(device, device), t.requires_grad, key,
-                          self._made_by.get(key), self._position.get(key))  # fmt: skip
+            made.setdefault(key, made_by)
+        return (tuple(t.shape), t.dtype, t.device, t.requires_grad, key, made.get(key),
+                self._position.get(key), None, None, None)  # fmt: skip
+
+    def records(self, seen: tuple[Seen, ...]) -> tuple[TensorInfo, ...]:
+        """TensorInfo records of what :meth:`seen` kept; equal ones are one record."""
+        return tuple([self._records.get(s) or self._record(s) for s in seen])
+
+    def _record(self, seen: Seen) -> TensorInfo:
+        device = self._devices.get(seen[2]) or self._device_name(seen[2])
+        values = (seen[0], _dtype_name(seen[1]), device, *seen[3:])
+        made = self._records[seen] = record_of(
+            TensorInfo, dict(zip(_TENSOR_FIELDS, values, strict=True))
+        )
+        return made
+
+    def _device_name(self, device: torch.device) -> str:
+        name = str(device)
+        found = self._devices[device] = self.device_alias.get(name, name)
+        return found
 
     def model_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[TensorInfo, ...]:
         """The model's inputs, each positional tensor argument remembered as such, and (on
@@ -278,23 +323,36 @@ class Recorder:
         self.rows.append(row)
         return len(self.rows) - 1
 
+    def _seen_in(
+        self, obj: object, made_by: int | None = None, raw: Sequence[torch.Tensor] | None = None
+    ) -> tuple[Seen, ...]:
+        with _ours():
+            return self.seen(tensors_in(obj), made_by, raw)
+
+    def layers(self) -> list[Layer]:
+        """The rows as records, in call order."""
+        records = self.records
+        return [_layer(index, row, records(row.inputs), records(row.outputs))
+                for index, row in enumerate(self.rows)]  # fmt: skip
+
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         raw, self._raw, self.quiet = self._raw, None, False
         parent = self.stack[-1] if self.stack else None
         owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
         params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
+        with _ours():
+            inputs = self.seen(call_tensors(args, kwargs), raw=raw)
+        path = self.paths.path_of(module, parent)
         row = self._add(Row(
-            path=self.paths.path_of(module, parent), kind="module",
-            type=type(module).__name__, depth=len(self.stack),
-            inputs=self.infos((args, kwargs), raw=raw), params=params, trainable=trainable,
+            path=path, kind="module", type=type(module).__name__, depth=len(self.stack),
+            inputs=inputs, params=params, trainable=trainable,
             summary=describe_module(module), parent=parent.row if parent else None,
             flops_start=self._flops_now(), shard=self.shards.get(id(module)),
             uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
         ))  # fmt: skip
         self.module_at[row] = module
-        records = not type(module).__module__.startswith("torch.")
-        self.stack.append(ModuleFrame(module, self.rows[row].path, row, records))
+        self.stack.append(ModuleFrame(module, path, row, _records_functions(type(module))))
 
     def post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
@@ -313,7 +371,7 @@ class Recorder:
             self.events.append((error, frame.row))
             self._remember_values(frame.row, args)
         else:
-            row.outputs = self.infos(output, made_by=frame.row)
+            row.outputs = self._seen_in(output, made_by=frame.row)
             sharded = self._sharded_out.pop(frame.row, None)
             if sharded is not None:
                 row.outputs = _with_global(row.outputs, sharded)
@@ -336,7 +394,7 @@ class Recorder:
             return
         position = self._frame_of(module)
         if position is not None:
-            self._sharded_out[self.stack[position].row] = self.infos(output)
+            self._sharded_out[self.stack[position].row] = self._seen_in(output)
             self.quiet = True
 
     def _frame_of(self, module: nn.Module) -> int | None:
@@ -352,7 +410,7 @@ class Recorder:
         frame = self.stack[-1] if self.stack else None
         if self.quiet or frame is None or not frame.records_functions:
             return func(*args, **kwargs)
-        name = function_name(func)
+        name = _named(func)[0]
         if name in _BOOKKEEPING:
             result = func(*args, **kwargs)
             if name in _SAME_VALUES and args:
@@ -363,12 +421,13 @@ class Recorder:
         rewrites = self.rewrites
         rewrite = (rewrites.get((source or "", name)) or rewrites.get(("*", name))) if rewrites \
             else None  # fmt: skip
-        tensors = tensors_in((args, kwargs))
-        given = self.infos_of(tensors)
-        with _ours():  # weights read directly, F.linear(x, self.w): require grad or are Parameters
-            self.read.update(  # (type() is: Parameter's own isinstance check is slow)
-                id(t) for t in tensors if t.requires_grad or type(t) is nn.Parameter
-            )
+        tensors = call_tensors(args, kwargs)
+        with _ours():
+            given = self.seen(tensors)
+            # weights read directly, F.linear(x, self.w): require grad or are Parameters
+            # (type() is: Parameter's own isinstance check is slow)
+            self.read.update([id(t) for t in tensors
+                              if t.requires_grad or type(t) is nn.Parameter])  # fmt: skip
         row = Row(
             path=frame.path, kind="function", type=name, depth=len(self.stack),
             inputs=given, params=0, trainable=0,
@@ -386,7 +445,7 @@ class Recorder:
             self._remember_values(index, (args, kwargs))
             raise
         self._flops_end(row)
-        row.outputs = self.infos(result, made_by=len(self.rows))  # the index it is added at
+        row.outputs = self._seen_in(result, made_by=len(self.rows))  # the index it is added at
         if row.outputs:
             self._add(row)
         return result
@@ -409,6 +468,27 @@ class FunctionMode(TorchFunctionMode):
         return self.recorder.call(func, args, kwargs or {})
 
 
+def _records_functions(cls: type) -> bool:
+    """Functional calls inside this class's forward are rows: not inside torch's own layers."""
+    return not cls.__module__.startswith("torch.")
+
+
+def _layer(
+    index: int, row: Row, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]
+) -> Layer:
+    shard = row.shard
+    return record_of(Layer, {
+        "index": index, "path": row.path, "kind": row.kind, "type": row.type, "depth": row.depth,
+        "inputs": inputs, "outputs": outputs, "params": row.params,
+        "trainable": row.trainable, "summary": row.summary, "parent": row.parent,
+        "failed": row.failed, "source": row.source, "arguments": row.arguments,
+        "flops": row.flops, "flops_uncounted": row.flops_uncounted,
+        "rank_params": shard.params if shard else None,
+        "rank_param_bytes": shard.nbytes if shard else None,
+        "param_placements": shard.placements if shard else (),
+    })  # fmt: skip
+
+
 def _unwrapped(shard: torch.Tensor, raw: Sequence[torch.Tensor] | None, at: int) -> torch.Tensor:
     """The tensor a DTensor argument was made from (``from_local`` wraps a view of it), when
     the raw argument at the same position is a plain tensor of the shard's shape."""
@@ -417,21 +497,18 @@ def _unwrapped(shard: torch.Tensor, raw: Sequence[torch.Tensor] | None, at: int)
     return raw[at]
 
 
-def _with_global(
-    outputs: tuple[TensorInfo, ...], sharded: tuple[TensorInfo, ...]
-) -> tuple[TensorInfo, ...]:
+def _with_global(outputs: tuple[Seen, ...], sharded: tuple[Seen, ...]) -> tuple[Seen, ...]:
     """Local outputs with the global shape of the DTensors they were made from, and the
     placements they have after the ParallelStyle's output hook (see :func:`_flowing`)."""
     if len(outputs) != len(sharded):
         return outputs
     found = []
     for out, d in zip(outputs, sharded, strict=True):
-        placements = None
-        if out.global_shape is None and d.global_shape is not None and d.placements is not None:
-            placements = _flowing(d.placements, d.global_shape, d.shape, out.shape)
+        placements, whole = None, d[_GLOBAL_SHAPE]
+        if out[_GLOBAL_SHAPE] is None and whole is not None and d[_PLACEMENTS] is not None:
+            placements = _flowing(d[_PLACEMENTS], whole, d[_SHAPE], out[_SHAPE])
         if placements is not None:
-            out = replace(out, global_shape=d.global_shape, placements=placements,
-                          mesh_shape=d.mesh_shape)  # fmt: skip
+            out = (*out[:_GLOBAL_SHAPE], whole, placements, d[_MESH_SHAPE])
         found.append(out)
     return tuple(found)
 

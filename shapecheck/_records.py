@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 if TYPE_CHECKING:
     from torch import nn
@@ -26,6 +26,7 @@ __all__ = [
     "TensorInfo",
     "TrainingMemory",
     "dtype_bytes",
+    "record_of",
 ]
 
 Shape = tuple[int, ...]
@@ -52,6 +53,20 @@ _DTYPE_BYTES = {
     "complex64": 8,
     "complex128": 16,
 }
+
+
+_Record = TypeVar("_Record")
+
+
+def record_of(cls: type[_Record], fields: dict[str, Any]) -> _Record:
+    """``cls(**fields)`` for the tracer's hot path, ``fields`` naming every field of ``cls``.
+
+    The same frozen record, made without the dataclass ``__init__``'s one ``object.__setattr__``
+    per field (1.2 µs of a TensorInfo's 1.5; the tracer makes one per tensor of every call).
+    """
+    record = object.__new__(cls)
+    record.__dict__.update(fields)
+    return record
 
 
 def dtype_bytes(dtype: str) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._paths import ModelWalk
 from ._records import Shape
 
 __all__ = [
@@ -119,7 +120,7 @@ def parallelized(module: nn.Module, like: nn.Module, style: str) -> nn.Module:
     return parallel.parallelize_module(module, mesh_of(like), styles[style]())
 
 
-def is_sharded(model: nn.Module) -> bool:
+def is_sharded(model: nn.Module | ModelWalk) -> bool:
     """True when the model holds DTensor parameters or FSDP2 modules."""
     dtensor, fsdp = dtensor_type(), _fsdp_type()
     if dtensor is None and fsdp is None:
@@ -189,7 +190,7 @@ def module_shards(modules: Iterable[nn.Module]) -> dict[int, ModuleShard]:
     return found
 
 
-def rank_param_bytes(model: nn.Module) -> int:
+def rank_param_bytes(model: nn.Module | ModelWalk) -> int:
     """Bytes of this rank's shards of the unique parameters."""
     return sum(
         local_nbytes(p)
@@ -209,7 +210,7 @@ class World:
     param_bytes: int
 
 
-def world_of(model: nn.Module) -> World | None:
+def world_of(model: nn.Module | ModelWalk) -> World | None:
     """Rank, world size and the largest mesh of a sharded model; None for a plain one."""
     if not is_sharded(model):
         return None

@@ -26,7 +26,7 @@ from torch._subclasses.fake_tensor import (
 from ._dry import DryRun, available, is_meta_model
 from ._inputs import realise
 from ._memory import SavedTensors
-from ._paths import PathIndex
+from ._paths import ModelWalk, PathIndex
 from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
 from ._sharding import is_sharded, kept_sharded, module_shards, settle
@@ -82,6 +82,8 @@ class Trace:
     output_batch: int | None = None
     #: ids of the model's weights that a functional call was given (``F.linear(x, self.w)``)
     weights_read: frozenset[int] = frozenset()
+    #: the model's module tree as the trace walked it, for the totals and the rules
+    walk: ModelWalk | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -146,6 +148,7 @@ def run_trace(
     flops: bool = False,
     saved: bool = False,
     confirm: bool = False,
+    walk: ModelWalk | None = None,
 ) -> Trace:
     """Run one forward pass of ``model`` and record it; never raises for the model's errors.
 
@@ -153,9 +156,11 @@ def run_trace(
     (the loss, say); its modules are named by ``extra``. ``flops`` counts FLOPs per call;
     ``saved`` runs with autograd on and records what it saves for backward. A dry run that
     raises may go on for real: see :func:`go_on_for_real`, with ``confirm`` for the user's own
-    forward.
+    forward. ``walk``: the model's walk, when made already.
     """
-    trace = _run_once(model, args, kwargs, dry_run, device, rewrites, extra, call, flops, saved)
+    walk = walk or ModelWalk(model)
+    trace = _run_once(model, args, kwargs, dry_run, device, rewrites, extra, call, flops, saved,
+                      walk)  # fmt: skip
     error = trace.failure.exception if trace.failure is not None else None
     if not dry_run or error is None:
         return trace
@@ -165,7 +170,7 @@ def run_trace(
     here = device if device is not None and available(device) else None  # else: where data is
     real_args, real_kwargs = realise((args, kwargs), here)
     real = _run_once(model, real_args, real_kwargs, False, None, rewrites, extra, call, flops,
-                     saved)  # fmt: skip
+                     saved, walk)  # fmt: skip
     if not isinstance(error, FAKE_LIMITS) and _same_place(real, trace):
         # the real run fails where the dry run did: the dry answer stands, in PyTorch's words
         # for real tensors (fake kernels word some errors otherwise)
@@ -254,13 +259,14 @@ def _run_once(
     call: Callable[[Any], Any] | None,
     flops: bool,
     saved: bool,
+    walk: ModelWalk,
 ) -> Trace:
-    paths = PathIndex(model, extra)  # the one walk of the model; the rest reuse it
-    modules = [m for _, m in paths.named] + list((extra or {}).values())
+    paths = PathIndex(walk, extra)
+    modules = walk.modules() + list((extra or {}).values())
     dry = DryRun(device) if dry_run else None
     counter = _counter() if flops else None
     saving = SavedTensors(model) if saved else None
-    sharded = is_sharded(model)  # read before the forward: FSDP2 gathers inside it
+    sharded = is_sharded(walk)  # read before the forward: FSDP2 gathers inside it
     recorder = Recorder(
         paths, owned_counts(modules), dry.device_alias if dry else {}, rewrites or {},
         module_shards(modules) if sharded else None,
@@ -296,7 +302,7 @@ def _run_once(
         restore()
         recorder.restore_inputs()
     trace = _finish(model, recorder, model_inputs, output, error, dry_run)
-    trace.flops, trace.saved = counter, saving
+    trace.flops, trace.saved, trace.walk = counter, saving, walk
     trace.batch = _batch_of(args)
     trace.output_batch = _batch_of((output,)) if error is None else None
     originals = dry.originals if dry is not None else {}
@@ -340,16 +346,7 @@ def _finish(
     error: Exception | None,
     dry_run: bool,
 ) -> Trace:
-    layers = [
-        Layer(index=i, path=r.path, kind=r.kind, type=r.type, depth=r.depth,  # type: ignore[arg-type]
-              inputs=r.inputs, outputs=r.outputs, params=r.params, trainable=r.trainable,
-              summary=r.summary, parent=r.parent, failed=r.failed, source=r.source,
-              arguments=r.arguments, flops=r.flops, flops_uncounted=r.flops_uncounted,
-              rank_params=r.shard.params if r.shard else None,
-              rank_param_bytes=r.shard.nbytes if r.shard else None,
-              param_placements=r.shard.placements if r.shard else ())
-        for i, r in enumerate(recorder.rows)
-    ]  # fmt: skip
+    layers = recorder.layers()
     failure = None if error is None else _failure(model, recorder, layers, inputs, error)
     outputs = recorder.infos(output) if error is None else ()
     return Trace(layers, failure, outputs, inputs, recorder.module_at, dry_run, output)

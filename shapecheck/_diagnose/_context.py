@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from .._paths import ModelWalk
 from .._records import Evidence, Failure, Layer, Step, TensorInfo
 
 if TYPE_CHECKING:
@@ -67,6 +68,14 @@ class Context:
     weights_read: frozenset[int] = frozenset()
     #: samples in the model's output, counted as for the input (a list: its length)
     output_batch: int | None = None
+    #: the model's module tree, walked once (made on first use when not given)
+    walk: ModelWalk | None = None
+
+    def tree(self) -> ModelWalk:
+        """The model's walk, shared by the rules (and with the tracer, when it made one)."""
+        if self.walk is None or self.walk.root is not self.model:
+            self.walk = ModelWalk(self.model)
+        return self.walk
 
     def failed_layer(self) -> Layer | None:
         failure = self.failure

@@ -59,9 +59,9 @@ def _own(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _places(model: nn.Module) -> dict[int, tuple[nn.Module, list[str]]]:
+def _places(ctx: Context) -> dict[int, tuple[nn.Module, list[str]]]:
     places: dict[int, tuple[nn.Module, list[str]]] = {}
-    for path, module in model.named_modules(remove_duplicate=False):
+    for path, module in ctx.tree().every:
         places.setdefault(id(module), (module, []))[1].append(path)
     return places
 
@@ -75,7 +75,7 @@ def _under(path: str, shared: set[str]) -> bool:
 @warning_rule("reused-module")
 def reused_module(ctx: Context) -> list[Finding]:
     """One instance registered under several names: its weights are shared N times."""
-    places = _places(ctx.model)
+    places = _places(ctx)
     reused = {k: v for k, v in places.items() if len(v[1]) > 1 and _own(v[0]) > 0}
     shared = {p for _, paths in reused.values() for p in paths}
     findings = []
@@ -112,7 +112,7 @@ def _weights_in_use(ctx: Context) -> set[int]:
     functional calls were given directly (``F.linear(x, self.qkv.weight, bias)``)."""
     used = set(ctx.weights_read)
     for module in ctx.module_at.values():
-        used.update(id(p) for p in module.parameters(recurse=False))
+        used.update(id(p) for p in module._parameters.values() if p is not None)
     return used
 
 
@@ -122,7 +122,7 @@ def unused_module(ctx: Context) -> list[Finding]:
     whose weights nothing used: a weight tied to a module that ran (T5's ``shared``
     embedding is its encoder's ``embed_tokens``) or read directly by the parent counts as used.
     TorchScript submodules take no hooks, so whether they ran is not known: left out."""
-    tree = list(ctx.model.named_modules())
+    tree = ctx.tree().named
     live = _ran_or_holds_one(ctx, tree)
     used = _weights_in_use(ctx)
     parents = {id(child): module for _, module in tree for child in module.children()}

@@ -1,0 +1,87 @@
+"""The tracer's fast paths make the same records the plain ones would: one walk of the model
+stands for ``named_modules``/``parameters``/``buffers``, records built without ``__init__``
+have every field, and a tensor seen at many calls keeps the shape it had at each."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+import shapecheck
+from shapecheck._paths import ModelWalk
+from shapecheck._records import Layer, TensorInfo
+from shapecheck.demo import seed_model_fixed
+
+
+class _Shared(nn.Module):
+    """A block registered at two places, a weight tied across two modules, a bias-less layer
+    (a ``None`` parameter) and BatchNorm buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        block = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        self.first, self.again = block, block
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.again(self.first(self.embed(ids))))
+        return out
+
+
+def test_one_walk_is_what_torch_walks() -> None:
+    for model in (_Shared(), seed_model_fixed(), nn.TransformerEncoderLayer(8, 2)):
+        walk = ModelWalk(model)
+        assert [(p, id(m)) for p, m in walk.named] == [(p, id(m)) for p, m in model.named_modules()]
+        assert [(p, id(m)) for p, m in walk.every] == [
+            (p, id(m)) for p, m in model.named_modules(remove_duplicate=False)
+        ]
+        assert [id(p) for p in walk.parameters()] == [id(p) for p in model.parameters()]
+        assert [id(b) for b in walk.buffers()] == [id(b) for b in model.buffers()]
+
+
+def test_shared_modules_and_tied_weights_are_counted_once() -> None:
+    model = _Shared()
+    report = shapecheck.explain(model, torch.randint(0, 10, (3,)))
+    assert report.total_params == sum(p.numel() for p in model.parameters())
+    assert report.total_params == 10 * 4 + (4 * 4 + 4) + 2 * 4  # embed (= head), Linear, BN
+    assert ("head", "embed", 40) in report.tied
+
+
+def test_fast_records_have_every_field_and_equal_the_plain_ones() -> None:
+    report = shapecheck.explain(seed_model_fixed(), torch.randn(2, 3, 32, 32))
+    records: list[object] = [*report.layers, *report.inputs, *report.outputs]
+    records += [t for layer in report.layers for t in (*layer.inputs, *layer.outputs)]
+    for record in records:
+        assert isinstance(record, (Layer, TensorInfo))
+        names = {f.name for f in dataclasses.fields(record)}
+        assert set(vars(record)) == names
+        rebuilt = dataclasses.replace(record)  # through the dataclass __init__
+        assert rebuilt == record
+        assert all(getattr(rebuilt, n) == getattr(record, n) for n in names)
+        assert hash(rebuilt) == hash(record)
+
+
+class _Reshaped(nn.Module):
+    """One tensor object seen at three calls, its shape changed in place between them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * 2
+        y = x + 1
+        x.unsqueeze_(0)
+        return x.sum() + y.sum()
+
+
+def test_a_tensor_changed_in_place_keeps_each_shape_it_had() -> None:
+    report = shapecheck.explain(_Reshaped(), torch.randn(2, 3))
+    calls = [layer for layer in report.layers if layer.kind == "function"]
+    assert [c.type for c in calls] == ["mul", "add", "unsqueeze_", "sum", "sum", "add"]
+    mul, add, unsqueeze, x_sum, y_sum = calls[:5]
+    assert add.inputs[0].shape == unsqueeze.inputs[0].shape == (2, 3)  # before the call
+    assert unsqueeze.outputs[0].shape == x_sum.inputs[0].shape == (1, 2, 3)  # the same tensor
+    assert unsqueeze.inputs[0].key == unsqueeze.outputs[0].key
+    assert y_sum.inputs[0].shape == (2, 3)
+    assert add.inputs[0].made_by == mul.index
