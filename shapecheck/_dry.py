@@ -57,12 +57,13 @@ class DryRun:
 
     @contextmanager
     def prepare(
-        self, model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, walk: ModelWalk, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Iterator[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]:
         """Enter fake mode; yield the forward to call and the fake inputs."""
-        if self.target is None and is_meta_model(model):
+        model = walk.root
+        if self.target is None and is_meta_model(walk):
             self.target = torch.device("meta")
-        named = _named_state(model)
+        named = _named_state(walk)
         cached = _cached(model, self.target, [t for _, t in named])
         mode = cached.mode
         fakes: dict[int, torch.Tensor] = {}  # one fake per tensor: tied weights stay tied
@@ -73,12 +74,14 @@ class DryRun:
         #: id of each fake -> id of the weight it stands for (what the trace saw is the fake)
         self.originals = {id(fake): real for real, fake in fakes.items()}
         fake_args, fake_kwargs = tree_map(
-            lambda v: self._fake_input(mode, v) if isinstance(v, torch.Tensor) else v,
+            lambda v: cached.input_of(v, functools.partial(self._fake_input, mode))
+            if isinstance(v, torch.Tensor) else v,
             (args, kwargs),
-        )
-        level = _FAKE_LOGGER.level
-        _FAKE_LOGGER.setLevel(logging.CRITICAL)  # fake mode logs every failing meta kernel
-        lazy = [m for m in model.modules() if isinstance(m, LazyModuleMixin)]
+        )  # fmt: skip
+        # fake mode logs every failing meta kernel (``disabled``, not setLevel: that clears the
+        # level caches of every logger in the process)
+        quiet, _FAKE_LOGGER.disabled = _FAKE_LOGGER.disabled, True
+        lazy = [m for m in walk.modules() if isinstance(m, LazyModuleMixin)]
         for module in lazy:  # explain passes a copy of lazy models; materialise its weights
             module.initialize_parameters = _outside_fake(  # type: ignore[method-assign]
                 module.initialize_parameters)  # fmt: skip
@@ -88,7 +91,7 @@ class DryRun:
                                                        tie_weights=False)), \
                     fake_args, fake_kwargs  # fmt: skip
         finally:
-            _FAKE_LOGGER.setLevel(level)
+            _FAKE_LOGGER.disabled = quiet
             for module in lazy:
                 vars(module).pop("initialize_parameters", None)
 
@@ -122,12 +125,20 @@ def _signature(tensor: torch.Tensor) -> tuple[Any, ...]:
             tensor.device, tensor.requires_grad)  # fmt: skip
 
 
+_Kept = tuple[weakref.ref[torch.Tensor], tuple[Any, ...], torch.Tensor]
+#: Inputs whose fakes are kept per model and device (a loop over batches makes new ones).
+_KEPT_INPUTS = 16
+
+
 class _Fakes:
-    """The fake weights of one model for one device, and the fake mode they belong to."""
+    """The fake weights of one model for one device, the fake mode they belong to, and the
+    fakes of the inputs it was last given."""
 
     def __init__(self) -> None:
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
-        self.fakes: dict[int, tuple[weakref.ref[torch.Tensor], tuple[Any, ...], torch.Tensor]] = {}
+        self.fakes: dict[int, _Kept] = {}
+        #: input id -> (the input, its signature, its fake, the fake's signature when made)
+        self.inputs: OrderedDict[int, tuple[_Kept, tuple[Any, ...]]] = OrderedDict()
 
     def unchanged(self, tensors: list[torch.Tensor]) -> bool:
         """True when every tensor has its fake here, made from the tensor as it is now."""
@@ -144,6 +155,27 @@ class _Fakes:
             return known[2]
         fake = make()
         self.fakes[id(tensor)] = (weakref.ref(tensor), _signature(tensor), fake)
+        return fake
+
+    def input_of(
+        self, tensor: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """An input's fake: the one made last time when neither the input nor that fake has
+        changed since (a forward that writes into its input in place changes the fake too)."""
+        known = self.inputs.get(id(tensor))
+        if known is not None:
+            (ref, signature, fake), made = known
+            if ref() is tensor and signature == _signature(tensor) and made == _signature(fake):
+                self.inputs.move_to_end(id(tensor))
+                return fake
+        # from an alias: the fake mode's own memo would hand back the fake of last time
+        fake = make(tensor.detach().requires_grad_(tensor.requires_grad))
+        self.inputs[id(tensor)] = (
+            (weakref.ref(tensor), _signature(tensor), fake),
+            _signature(fake),
+        )
+        while len(self.inputs) > _KEPT_INPUTS:
+            self.inputs.popitem(last=False)
         return fake
 
 
@@ -180,7 +212,7 @@ def _outside_fake(initialize: Callable[..., None]) -> Callable[..., None]:
     return materialise
 
 
-def _named_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+def _named_state(walk: ModelWalk) -> list[tuple[str, torch.Tensor]]:
     """Every (module, attribute) slot once, tied tensors under each owner's name.
 
     functional_call's own tie_weights swaps a module shared at several paths once per path and
@@ -188,7 +220,7 @@ def _named_state(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """
     return [
         (f"{prefix}.{name}" if prefix else name, t)
-        for prefix, module in model.named_modules()
+        for prefix, module in walk.named
         for name, t in (*module._parameters.items(), *module._buffers.items())
         if t is not None
     ]

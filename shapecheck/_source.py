@@ -6,7 +6,6 @@ import functools
 import linecache
 import os
 import sys
-import sysconfig
 from types import FrameType, TracebackType
 
 import torch
@@ -16,7 +15,7 @@ __all__ = ["caller_source", "code_line", "traceback_source"]
 _LIBRARY_DIRS = (
     os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
     os.path.dirname(os.path.abspath(__file__)) + os.sep,
-    os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep,
+    os.path.dirname(os.path.abspath(os.__file__)) + os.sep,  # the stdlib (sysconfig: +3 ms)
 )
 
 

@@ -112,6 +112,7 @@ class _Restore:
         self.flags = [(m, m.training) for m in modules]
         self.buffers = [(b, b.detach().clone()) for m in modules for b in m._buffers.values()
                         if b is not None] if buffers else []  # fmt: skip
+        self.versions = [b._version for b, _ in self.buffers]
         self.cpu_rng = torch.get_rng_state()
         cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
         self.cuda_rng = torch.cuda.get_rng_state_all() if cuda_ready else None
@@ -125,13 +126,27 @@ class _Restore:
         for module, training in self.flags:
             module.training = training
         with torch.no_grad():
-            for live, saved in self.buffers:
-                live.copy_(saved)
+            for (live, saved), version in zip(self.buffers, self.versions, strict=True):
+                # only what the forward changed: copying back bumps the version counter, which
+                # tells every cache keyed on it (a dry run's fake weights) the buffer is new.
+                # A write through ``.data`` leaves the version as it was: compared by value.
+                if _changed(live, saved, version):
+                    live.copy_(saved)
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
         random.setstate(self.python_rng)
         sys.setrecursionlimit(self.limit)
+
+
+def _changed(live: torch.Tensor, saved: torch.Tensor, version: int) -> bool:
+    """True unless ``live`` still holds what ``saved`` copied, at the same version."""
+    if live._version != version or type(live) is not torch.Tensor:  # a DTensor: always
+        return True
+    try:
+        return not torch.equal(live, saved)
+    except RuntimeError:  # a layout equal() does not take
+        return True
 
 
 @gc_paused()  # the whole trace, set-up and records included
@@ -283,7 +298,7 @@ def _run_once(
             stack.enter_context(_eager())
             forward: Callable[..., Any] = model
             if dry is not None:
-                forward, args, kwargs = stack.enter_context(dry.prepare(model, args, kwargs))
+                forward, args, kwargs = stack.enter_context(dry.prepare(walk, args, kwargs))
             model_inputs = recorder.model_inputs(args, kwargs)
             for context in (saving, counter):
                 if context is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from torch import nn
 
@@ -85,3 +86,96 @@ def test_a_tensor_changed_in_place_keeps_each_shape_it_had() -> None:
     assert unsqueeze.inputs[0].key == unsqueeze.outputs[0].key
     assert y_sum.inputs[0].shape == (2, 3)
     assert add.inputs[0].made_by == mul.index
+
+
+class _WritesIntoInput(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.unsqueeze_(0)  # in place, on the model's own input
+        return x.flatten(1)
+
+
+def test_a_dry_run_reuses_input_fakes_only_while_nothing_changed() -> None:
+    model, x = _WritesIntoInput(), torch.randn(2, 3)
+    first = shapecheck.explain(model, x, dry_run=True)
+    again = shapecheck.explain(model, x, dry_run=True)  # the first run changed its fake
+    assert x.shape == (2, 3)
+    assert first.inputs[0].shape == again.inputs[0].shape == (2, 3)
+    assert first.outputs[0].shape == again.outputs[0].shape == (1, 6)
+    x.resize_(4, 3)  # the real input changed: a new fake
+    assert shapecheck.explain(model, x, dry_run=True).outputs[0].shape == (1, 12)
+
+
+class _Counts(nn.Module):
+    """Buffers the forward writes: one in place, one through ``.data`` (no version bump)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("seen", torch.zeros(3))
+        self.register_buffer("untouched", torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.seen.data.copy_(x.detach()[0])
+        return x * self.untouched
+
+
+def test_buffers_are_put_back_and_untouched_ones_are_not_written() -> None:
+    model = _Counts()
+    versions = {name: b._version for name, b in model.named_buffers()}
+    shapecheck.explain(model, torch.randn(2, 3))
+    assert model.calls.item() == 0
+    assert torch.equal(model.seen, torch.zeros(3))
+    assert torch.equal(model.untouched, torch.ones(3))
+    assert model.untouched._version == versions["untouched"]  # a dry run's fakes stay valid
+    bn = nn.BatchNorm1d(3).eval()
+    before = {name: (b.clone(), b._version) for name, b in bn.named_buffers()}
+    shapecheck.explain(bn, torch.randn(4, 3))
+    for name, b in bn.named_buffers():
+        assert torch.equal(b, before[name][0])
+        assert b._version == before[name][1]
+
+
+def test_a_failing_dry_run_logs_nothing(capfd: pytest.CaptureFixture[str]) -> None:
+    """Fake mode logs every meta kernel that raises (with a traceback, on stderr); a dry run
+    of a broken model reports the failure instead, and leaves the logger as it found it."""
+    from shapecheck._dry import _FAKE_LOGGER
+    from shapecheck.demo import seed_model
+
+    before = _FAKE_LOGGER.disabled
+    report = shapecheck.explain(seed_model(), torch.randn(1, 3, 32, 32), dry_run=True)
+    assert report.failure is not None
+    assert report.failure.path == "6"
+    captured = capfd.readouterr()
+    assert "fake_tensor" not in captured.err
+    assert "Traceback" not in captured.err
+    assert _FAKE_LOGGER.disabled == before
+
+
+_LOADED = """
+import sys, torch, shapecheck
+from torch import nn
+from shapecheck.demo import seed_model_fixed
+model = {model}
+report = shapecheck.explain(model, torch.randn(1, 3, 32, 32))
+heavy = ("shapecheck._changes", "shapecheck._fixes", "shapecheck._repair",
+         "shapecheck._diagnose.failures")
+print(len(report.warnings), *[m for m in heavy if m in sys.modules])
+"""
+
+
+def test_a_model_that_runs_loads_no_repair_or_fix_machinery() -> None:
+    """The first explain of a model that runs stays cheap: the warning rules load, the fix
+    records only once a warning is found, the failure rules and the repair stage never."""
+    import subprocess
+    import sys
+
+    def loaded(model: str) -> list[str]:
+        code = _LOADED.format(model=model)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300, check=True)  # fmt: skip
+        return done.stdout.split()
+
+    assert loaded("seed_model_fixed()") == ["0"]
+    reused = "nn.Sequential(*[nn.Conv2d(3, 3, 1)] * 2)"  # one instance at two places
+    assert loaded(reused) == ["1", "shapecheck._changes"]

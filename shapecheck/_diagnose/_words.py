@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from .._changes import Fix
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from .._loss import LOSS_PATH
 from .._records import Evidence, Failure, Layer
 from .._text import shape
 from ._context import Context, Finding
+
+if TYPE_CHECKING:  # the fix records load with the rules that make fixes, not with warnings
+    from .._changes import Fix
 
 __all__ = [
     "caller",
     "got",
     "headline",
+    "is_cross_entropy",
     "layer_evidence",
     "layer_finding",
+    "loss_row",
     "made_by",
     "pytorch",
     "where",
@@ -79,3 +88,13 @@ def layer_finding(
     """The usual finding of a layer that cannot take its input: its headline and evidence."""
     evidence = layer_evidence(ctx, layer, expected)
     return Finding(layer.path, headline(layer), evidence, cause, fix, arithmetic, score)
+
+
+def loss_row(ctx: Context) -> Layer | None:
+    """The call of the loss (the module traced at ``"loss"``)."""
+    return next((x for x in ctx.layers if x.kind == "module" and x.path == LOSS_PATH), None)
+
+
+def is_cross_entropy(module: nn.Module | None) -> bool:
+    """True for CrossEntropyLoss or F.cross_entropy wrapped as a loss module."""
+    return type(module).__name__ in ("CrossEntropyLoss", "cross_entropy")

@@ -4,18 +4,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .._changes import Fix
 from .._loss import LOSS_PATH
 from .._text import count, shape
 from ._context import Context, Finding
 from ._registry import warning_rule
-from ._words import caller
-from .loss import is_cross_entropy, loss_row
+from ._words import caller, is_cross_entropy, loss_row
 from .view import batch_changing_views
+
+if TYPE_CHECKING:
+    from .._changes import Fix
 
 __all__ = [
     "batchnorm_batch1",
@@ -24,6 +26,14 @@ __all__ = [
     "unused_module",
     "view_batch_warning",
 ]
+
+
+def _suggestion(summary: str, code: str) -> Fix:
+    """A warning's fix: the fix records load only when a warning is found (a model that runs
+    without one pays nothing for them)."""
+    from .._changes import Fix
+
+    return Fix(summary=summary, code=code)
 
 
 @warning_rule("view-batch")
@@ -46,7 +56,7 @@ def view_batch_warning(ctx: Context) -> list[Finding]:
             f"-1 absorbs whatever is left: {x[0]} samples of {'*'.join(map(str, x[1:]))} "
             f"values regrouped into rows of {y[-1]}"
         )
-        fix = Fix(
+        fix = _suggestion(
             summary="flatten per sample", code="x = x.flatten(1)   # or x.view(x.size(0), -1)"
         )
         evidence = (("got", shape(x)), ("made", shape(y)), ("output", f"{shape(out)}   for "
@@ -91,7 +101,7 @@ def reused_module(ctx: Context) -> list[Finding]:
             f"[{name}()] * {n} (or one variable assigned twice) repeats the same object, "
             "so all places train one set of weights"
         )
-        fix = Fix(
+        fix = _suggestion(
             summary="build a new instance for each place",
             code=f"nn.Sequential(*[{name}(...) for _ in range({n})])",
         )
@@ -138,7 +148,7 @@ def unused_module(ctx: Context) -> list[Finding]:
             continue
         evidence = (("params", f"{count(sum(p.numel() for p in weights))} that get no gradient "
                                "and only take memory"),)  # fmt: skip
-        fix = Fix(summary="call it in forward(), or delete it", code=f"del model.{path}")
+        fix = _suggestion(summary="call it in forward(), or delete it", code=f"del model.{path}")
         head = f"module '{path}' ({type(module).__name__}) never ran in the forward"
         findings.append(
             Finding(
@@ -192,7 +202,7 @@ def softmax_before_loss(ctx: Context) -> list[Finding]:
         f"{row.type} applies log_softmax itself; a {last.type} before it squashes the "
         "logits twice and the gradients almost vanish"
     )
-    fix = Fix(
+    fix = _suggestion(
         summary=f"return the logits (drop the {last.type})",
         code="return logits   # no softmax before CrossEntropyLoss",
     )
@@ -219,7 +229,7 @@ def batchnorm_batch1(ctx: Context) -> list[Finding]:
         if not module.training or layer.inputs[0].shape[:1] != (1,) or seen[id(module)]:
             continue
         seen[id(module)] += 1
-        fix = Fix(
+        fix = _suggestion(
             summary="train with batches of ≥ 2 samples, or call model.eval() for inference",
             code="model.eval()   # or DataLoader(..., drop_last=True)",
         )

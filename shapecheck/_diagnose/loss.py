@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from torch import nn
-
 from .._changes import EditTarget, TensorOp
 from .._loss import LOSS_PATH
 from .._records import Layer, TensorInfo
 from .._text import shape
 from ._context import Context, Finding
 from ._registry import failure_rule
-from ._words import pytorch
+from ._words import loss_row, pytorch
 
-__all__ = ["loss_kind", "loss_row", "loss_target"]
+__all__ = ["loss_kind", "loss_target"]
 
 _INDEX_LOSSES = ("CrossEntropyLoss", "NLLLoss", "cross_entropy", "nll_loss")
 _SAME_SHAPE_LOSSES = (
@@ -31,11 +29,6 @@ _SAME_SHAPE_LOSSES = (
 _INTEGER = ("int64", "int32", "int16", "int8", "uint8")
 
 Convert = tuple[str, str, tuple[TensorOp, ...]]
-
-
-def loss_row(ctx: Context) -> Layer | None:
-    """The call of the loss (the module traced at ``"loss"``)."""
-    return next((x for x in ctx.layers if x.kind == "module" and x.path == LOSS_PATH), None)
 
 
 def loss_kind(ctx: Context, row: Layer) -> str | None:
@@ -128,8 +121,3 @@ def loss_target(ctx: Context) -> list[Finding]:
             LOSS_PATH, f"loss '{LOSS_PATH}' ({row.type}) cannot take its target", evidence, why, fix
         )
     ]
-
-
-def is_cross_entropy(module: nn.Module | None) -> bool:
-    """True for CrossEntropyLoss or F.cross_entropy wrapped as a loss module."""
-    return type(module).__name__ in ("CrossEntropyLoss", "cross_entropy")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from .._changes import CallRewrite, RewriteCall
 from .._records import Evidence, Layer
 from .._source import code_line
 from .._text import shape, short
@@ -65,6 +64,10 @@ def view_batch(ctx: Context) -> list[Finding]:
     if ctx.failure is None or batch is None:
         return []
     lost = failed is None or not failed.inputs or failed.inputs[0].shape[:1] != (batch,)
+    # here, not at the top: the view-batch warning reads this module, and a model that runs
+    # loads no fix records
+    from .._changes import CallRewrite, RewriteCall
+
     findings = []
     for layer in batch_changing_views(ctx):
         if layer.source is None or not (layer.failed or lost):
