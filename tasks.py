@@ -35,7 +35,7 @@ FLOOR_SMOKE = (
     "tests/test_api.py", "tests/test_compat.py", "tests/test_seed.py", "tests/test_explain.py",
     "tests/test_rules.py", "tests/test_repair.py", "tests/test_apply.py",
     "tests/test_testing.py", "tests/test_clarify.py", "tests/test_cli.py",
-    "tests/test_no_surprises.py", "tests/test_notebook.py",
+    "tests/test_no_surprises.py", "tests/test_notebook.py", "tests/test_tracer_records.py",
 )  # fmt: skip
 
 

@@ -57,6 +57,7 @@ _IN_PLACE_OPERATORS = frozenset({
 Seen = tuple[Any, ...]
 _SHAPE, _GLOBAL_SHAPE, _PLACEMENTS, _MESH_SHAPE = 0, 7, 8, 9
 _TENSOR_FIELDS = tuple(f.name for f in fields(TensorInfo))
+_PLAIN = (torch.Tensor, nn.Parameter)  # types that are never a DTensor
 
 #: dtype -> its name as the records write it ("float32"), filled on first sight
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
@@ -224,7 +225,9 @@ class Recorder:
         """
         if self.dtensor is None:
             return tuple([self._seen(t, made_by) for t in tensors])
-        return tuple([self._sharded_seen(t, made_by, raw, i) for i, t in enumerate(tensors)])
+        sharded = self._sharded_seen
+        return tuple([self._seen(t, made_by) if type(t) in _PLAIN else sharded(t, made_by, raw, i)
+                      for i, t in enumerate(tensors)])  # fmt: skip
 
     def _sharded_seen(
         self, t: torch.Tensor, made_by: int | None, raw: Sequence[torch.Tensor] | None, at: int
@@ -246,15 +249,21 @@ class Recorder:
 
     def records(self, seen: tuple[Seen, ...]) -> tuple[TensorInfo, ...]:
         """TensorInfo records of what :meth:`seen` kept; equal ones are one record."""
-        return tuple([self._records.get(s) or self._record(s) for s in seen])
+        return tuple([self._record(s) for s in seen])
 
     def _record(self, seen: Seen) -> TensorInfo:
+        try:
+            found = self._records.get(seen)
+        except TypeError:  # a symbolic size (SymInt) is no dict key: a record of its own
+            return self._new_record(seen)
+        if found is None:
+            found = self._records[seen] = self._new_record(seen)
+        return found
+
+    def _new_record(self, seen: Seen) -> TensorInfo:
         device = self._devices.get(seen[2]) or self._device_name(seen[2])
         values = (seen[0], _dtype_name(seen[1]), device, *seen[3:])
-        made = self._records[seen] = record_of(
-            TensorInfo, dict(zip(_TENSOR_FIELDS, values, strict=True))
-        )
-        return made
+        return record_of(TensorInfo, dict(zip(_TENSOR_FIELDS, values, strict=True)))
 
     def _device_name(self, device: torch.device) -> str:
         name = str(device)

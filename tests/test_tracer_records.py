@@ -179,3 +179,22 @@ def test_a_model_that_runs_loads_no_repair_or_fix_machinery() -> None:
     assert loaded("seed_model_fixed()") == ["0"]
     reused = "nn.Sequential(*[nn.Conv2d(3, 3, 1)] * 2)"  # one instance at two places
     assert loaded(reused) == ["1", "shapecheck._changes"]
+
+
+def test_a_symbolic_size_is_recorded_too() -> None:
+    """A size that is a symbol (SymInt: no dict key) still gets its record."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from shapecheck._paths import PathIndex
+    from shapecheck._recorder import Recorder
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    assert mode.shape_env is not None
+    with mode:
+        fake = torch.empty(mode.shape_env.create_unbacked_symint(), 3)
+    recorder = Recorder(PathIndex(nn.Linear(2, 2)), {}, {}, {})
+    (record,) = recorder.records(recorder.seen([fake]))
+    assert str(record.shape[0]).startswith("u")
+    assert record.shape[1] == 3
+    assert (record.dtype, record.device) == ("float32", "cpu")
