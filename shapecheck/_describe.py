@@ -67,8 +67,10 @@ _DESCRIBERS: list[tuple[type, Callable[..., str]]] = [
 
 
 #: module class -> (its describer, or None for the class name alone; whether it is lazy),
-#: found once per class: the tracer describes every module call
+#: found once per class: the tracer describes every module call. Bounded: torch.fx makes a
+#: class for every GraphModule, and a long-running process must not keep them all.
 _BY_CLASS: dict[type, tuple[Callable[..., str] | None, bool]] = {}
+_KEPT_CLASSES = 4096
 
 
 def describe_module(module: nn.Module) -> str:
@@ -76,7 +78,9 @@ def describe_module(module: nn.Module) -> str:
     cls = type(module)
     found = _BY_CLASS.get(cls)
     if found is None:
-        found = _BY_CLASS[cls] = _describer_of(cls)
+        found = _describer_of(cls)
+        if len(_BY_CLASS) < _KEPT_CLASSES:
+            _BY_CLASS[cls] = found
     describe, lazy = found
     if describe is None or (lazy and module.has_uninitialized_params()):  # type: ignore[operator]
         return cls.__name__

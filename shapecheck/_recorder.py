@@ -95,7 +95,7 @@ def _named(func: Callable[..., Any]) -> tuple[str, bool]:
     except TypeError:  # an unhashable callable
         return function_name(func), _in_place_name(getattr(func, "__name__", ""))
     found = function_name(func), _in_place_name(getattr(func, "__name__", ""))
-    if len(_NAMES) < 65536:  # bounded, should a program make functions without end
+    if len(_NAMES) < 4096:  # bounded, should a program make functions without end
         _NAMES[func] = found
     return found
 
