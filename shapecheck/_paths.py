@@ -6,6 +6,7 @@ such a child inside one call of its parent is given the k-th of its names there.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,17 +28,15 @@ class ModelWalk:
 
     def __init__(self, root: nn.Module) -> None:
         self.root = root
-        #: every path of every module, in ``named_modules`` order: a module registered at two
-        #: places is here twice
-        self.every = list(root.named_modules(remove_duplicate=False))
         #: each module once, at its first path: ``root.named_modules()``
-        self.named: list[tuple[str, nn.Module]] = []
-        seen: set[int] = set()
-        for path, module in self.every:
-            if id(module) not in seen:
-                seen.add(id(module))
-                self.named.append((path, module))
+        self.named = list(root.named_modules())
         self._modules = [module for _, module in self.named]
+
+    @functools.cached_property
+    def every(self) -> list[tuple[str, nn.Module]]:
+        """Every path of every module, in ``named_modules`` order: a module registered at two
+        places is here twice (walked when first asked: only the totals and a rule need it)."""
+        return list(self.root.named_modules(remove_duplicate=False))
 
     def modules(self) -> list[nn.Module]:
         """Each module once: ``root.modules()``."""

@@ -208,8 +208,7 @@ class Recorder:
 
     def infos(self, obj: object) -> tuple[TensorInfo, ...]:
         """The records of the tensors in ``obj``, as they are now."""
-        with _ours():
-            return self.records(self.seen(tensors_in(obj)))
+        return self.records(self._seen_in(obj))
 
     def seen(
         self,

@@ -110,9 +110,9 @@ class _Restore:
 
     def __init__(self, modules: list[nn.Module], buffers: bool, depth: int) -> None:
         self.flags = [(m, m.training) for m in modules]
-        self.buffers = [(b, b.detach().clone()) for m in modules for b in m._buffers.values()
-                        if b is not None] if buffers else []  # fmt: skip
-        self.versions = [b._version for b, _ in self.buffers]
+        live = [b for m in modules for b in m._buffers.values() if b is not None] if buffers else []
+        #: each buffer, a copy of it and its version, to put back what the forward changed
+        self.buffers = [(b, b.detach().clone(), b._version) for b in live]
         self.cpu_rng = torch.get_rng_state()
         cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
         self.cuda_rng = torch.cuda.get_rng_state_all() if cuda_ready else None
@@ -126,7 +126,7 @@ class _Restore:
         for module, training in self.flags:
             module.training = training
         with torch.no_grad():
-            for (live, saved), version in zip(self.buffers, self.versions, strict=True):
+            for live, saved, version in self.buffers:
                 # only what the forward changed: copying back bumps the version counter, which
                 # tells every cache keyed on it (a dry run's fake weights) the buffer is new.
                 # A write through ``.data`` leaves the version as it was: compared by value.
