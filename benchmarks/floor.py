@@ -77,7 +77,7 @@ def fake_floor_of(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callabl
     return run
 
 
-def _llama(batch: int = 1, seq: int = 32) -> Built:
+def llama_style(batch: int = 1, seq: int = 32) -> Built:
     """A plain-torch 2-layer Llama-style decoder: RMSNorm, attention, SwiGLU MLP."""
 
     class RMSNorm(nn.Module):
@@ -125,7 +125,7 @@ def _llama(batch: int = 1, seq: int = 32) -> Built:
     return Llama(), (torch.randint(0, 512, (batch, seq)),)
 
 
-def _hf(kind: str) -> Callable[[], Built]:
+def hf_tiny(kind: str) -> Callable[[], Built]:
     def build() -> Built:
         import transformers
 
@@ -145,15 +145,26 @@ def _hf(kind: str) -> Callable[[], Built]:
 
 CONFIGS: dict[str, Callable[[], Built]] = {
     "seed_cnn b1": lambda: zoo.seed_cnn(batch=1),
-    "llama-style 2 layers 1x32": _llama,
+    "llama-style 2 layers 1x32": llama_style,
     "resnet50 b1": lambda: zoo.resnet50(batch=1),
     "resnet50 b8": lambda: zoo.resnet50(batch=8),
     "gpt2_small b1x128": lambda: zoo.gpt2_small(batch=1, seq=128),
     "lstm b8x64": lambda: zoo.lstm(batch=8, seq=64),
 }
-HF = {"HF LlamaModel tiny": _hf("llama"), "HF GPT2Model tiny": _hf("gpt2"),
-      "HF BertModel tiny": _hf("bert")}  # fmt: skip
+HF = {"HF LlamaModel tiny": hf_tiny("llama"), "HF GPT2Model tiny": hf_tiny("gpt2"),
+      "HF BertModel tiny": hf_tiny("bert")}  # fmt: skip
 QUICK = ["seed_cnn b1", "llama-style 2 layers 1x32", "resnet50 b1"]
+
+
+def tiny_configs() -> dict[str, Callable[[], Built]]:
+    """The small models whose forward takes 1-2 ms: the Llama-style decoder, and the Hugging
+    Face models from tiny configs when ``transformers`` is installed."""
+    found: dict[str, Callable[[], Built]] = {"llama-style 2 layers 1x32": llama_style}
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return found
+    return {**found, **HF}
 
 
 def time_config(name: str, build: Callable[[], Built], rounds: int) -> dict[str, Any]:
@@ -216,12 +227,7 @@ def main() -> None:
     options = parser.parse_args()
     torch.set_num_threads(1)
     configs = {k: CONFIGS[k] for k in QUICK} if options.quick else dict(CONFIGS)
-    try:
-        import transformers  # noqa: F401
-
-        configs.update(HF)
-    except ImportError:
-        pass
+    configs.update(tiny_configs())
     print("| config | rows | floor ms | explain ms | explain / floor | µs per row above floor "
           "| fake floor ms | explain dry ms | dry / fake floor |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 from torch import nn
@@ -31,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchzoo as zoo
 
 import shapecheck
-from shapecheck import _explain
 from shapecheck._flops import FlopCounter
 
 #: model, its inputs, the hand count of its forward FLOPs
@@ -139,23 +137,12 @@ SMALL: dict[str, Callable[[], Built]] = {
 
 
 # -- measuring ------------------------------------------------------------------------------------
-class _Kept(FlopCounter):
-    """The counter explain makes, kept: the Report does not carry ``uncounted`` (yet)."""
-
-    last: FlopCounter | None = None
-
-    def __init__(self) -> None:
-        super().__init__()
-        _Kept.last = self
-
-
 def explained(model: nn.Module, inputs: tuple[Any, ...], **options: Any) -> tuple[int, set[str]]:
-    """explain's total and the ops its counter left uncounted."""
-    with mock.patch.object(_explain, "FlopCounter", _Kept):
-        report = shapecheck.explain(model, *inputs, flops=True, **options)
-    if not report.ok or report.total_flops is None or _Kept.last is None:
+    """explain's total and the ops its counter left uncounted (``report.flops_uncounted``)."""
+    report = shapecheck.explain(model, *inputs, flops=True, **options)
+    if not report.ok or report.total_flops is None or report.flops_uncounted is None:
         raise RuntimeError(f"explain did not count this model:\n{report}")
-    return report.total_flops, set(_Kept.last.uncounted)
+    return report.total_flops, set(report.flops_uncounted)
 
 
 def measure(build: Callable[[], Built]) -> dict[str, Any]:

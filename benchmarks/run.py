@@ -1,10 +1,13 @@
-"""Benchmarks: shapecheck.explain against a plain forward and torchinfo.summary.
+"""Benchmarks: shapecheck.explain against a plain forward, the hook floor and torchinfo.summary.
 
 Run ``python benchmarks/run.py`` (``--quick`` for a smoke run of a minute or two). It prints
 Markdown tables: times (medians over interleaved rounds, so background load hits every variant
-alike), peak RSS (each variant alone in a fresh subprocess), FLOPs side by side, the ~65B meta
-model, the 1k-8k layer scaling series and input-size contracts against a dry run
-(``--contract`` runs only that section). ``--json PATH`` also writes the raw figures.
+alike) with the floor and the fake floor as columns (``floor.py``: the least any hook-based
+tracer can cost, real and on fake tensors), the tiny transformer models, peak RSS (each variant
+alone in a fresh subprocess), FLOPs side by side and against hand counts (``flops_check.py``),
+the first explain in a fresh process, the ~65B meta model, the 1k-8k layer scaling series and
+input-size contracts against a dry run (``--contract`` runs only that section). ``--json PATH``
+also writes the raw figures.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchzoo as zoo
+import floor
+import flops_check
 
 import shapecheck
 from shapecheck._flop_formulas import FORMULAS
@@ -45,12 +50,16 @@ CONFIGS: dict[str, tuple[Callable[..., Built], dict[str, int]]] = {
     "gpt2_small b8x512": (zoo.gpt2_small, {"batch": 8, "seq": 512}),
     "lstm b8x64": (zoo.lstm, {"batch": 8, "seq": 64}),
 }
+#: the small models of 1-2 ms forwards, where a tracer's own cost shows most (timed only)
+TINY = floor.tiny_configs()
 #: the big decoder config only gets the variants the dry-run target needs
 BIG = "gpt2_small b8x512"
 VARIANTS = ("plain", "explain", "explain_flops", "explain_dry", "torchinfo")
 BIG_VARIANTS = ("plain", "explain_dry", "torchinfo")
+#: timed beside the variants, not run alone: the floor and the fake floor (see floor.py)
+FLOORS = ("floor", "fake_floor")
 #: --quick: a smoke run of the same code on the small configs
-QUICK = ["seed_cnn b64", "resnet50 b1", "lstm b8x64"]
+QUICK = ["seed_cnn b64", "resnet50 b1", "lstm b8x64", "llama-style 2 layers 1x32"]
 #: input-size contracts: a batch of 1 (or of 3, the channels) cannot be a symbol's example
 CONTRACT_CONFIGS: dict[str, tuple[Callable[..., Built], dict[str, int]]] = {
     "seed_cnn b4": (zoo.seed_cnn, {"batch": 4}),
@@ -90,17 +99,30 @@ def run_contract_variant(variant: str, model: nn.Module, size: tuple[int, ...]) 
 
 
 def build(name: str) -> Built:
-    factory, kwargs = {**CONFIGS, **CONTRACT_CONFIGS}[name]
     torch.manual_seed(0)
+    if name in TINY:
+        model, inputs = TINY[name]()
+        return model.eval(), inputs
+    factory, kwargs = {**CONFIGS, **CONTRACT_CONFIGS}[name]
     model, inputs = factory(**kwargs)
     return model.eval(), inputs
+
+
+def runner(variant: str, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Callable[[], Any]:
+    """One call of ``variant``, ready to time (the fake floor makes its fake weights now)."""
+    if variant == "floor":
+        return lambda: floor.floor(model, inputs)
+    if variant == "fake_floor":
+        return floor.fake_floor_of(model, inputs)
+    return lambda: run_variant(variant, model, inputs)
 
 
 def time_config(name: str, variants: tuple[str, ...], rounds: int) -> dict[str, Any]:
     """Interleaved rounds in one process, variant order shuffled each round; one warm-up each."""
     model, inputs = build(name)
-    for variant in variants:
-        run_variant(variant, model, inputs)
+    runs = {variant: runner(variant, model, inputs) for variant in variants}
+    for run in runs.values():
+        run()
     times: dict[str, list[float]] = {v: [] for v in variants}
     order = list(variants)
     rng = random.Random(0)
@@ -108,7 +130,7 @@ def time_config(name: str, variants: tuple[str, ...], rounds: int) -> dict[str, 
         rng.shuffle(order)
         for variant in order:
             start = time.perf_counter()
-            run_variant(variant, model, inputs)
+            runs[variant]()
             times[variant].append(time.perf_counter() - start)
     return {"params": zoo.n_params(model), "times": times}
 
@@ -296,18 +318,27 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f}"
 
 
+#: the paired ratios the time table shows
+RATIOS = (
+    ("explain", "plain"), ("explain", "floor"), ("explain_flops", "plain"),
+    ("explain_dry", "fake_floor"), ("torchinfo", "plain"), ("torchinfo", "explain_dry"),
+)  # fmt: skip
+
+
 def render_times(results: dict[str, dict[str, Any]]) -> list[str]:
+    shown = (*VARIANTS, *FLOORS)
     lines = [
         "| config | params | "
-        + " | ".join(f"{v} ms" for v in VARIANTS)
-        + " | explain/plain | explain_flops/plain | torchinfo/plain | torchinfo/explain_dry |",
-        "|---" * (len(VARIANTS) + 6) + "|",
+        + " | ".join(f"{v} ms" for v in shown)
+        + " | "
+        + " | ".join(f"{a}/{b}" for a, b in RATIOS)
+        + " |",
+        "|---" * (len(shown) + len(RATIOS) + 2) + "|",
     ]
     for name, result in results.items():
         times = result["times"]
-        cells = [_ms(statistics.median(times[v])) if v in times else "—" for v in VARIANTS]
-        pairs = [("explain", "plain"), ("explain_flops", "plain"), ("torchinfo", "plain"),
-                 ("torchinfo", "explain_dry")]  # fmt: skip
+        cells = [_ms(statistics.median(times[v])) if v in times else "—" for v in shown]
+        pairs = RATIOS
         cells += [
             f"{paired_ratio(times, a, b):.2f}×" if a in times and b in times else "—"
             for a, b in pairs
@@ -361,16 +392,20 @@ def _child(args: list[str]) -> dict[str, Any]:
 
 def _all(quick: bool) -> dict[str, Any]:
     rounds = 2 if quick else 7
-    names = QUICK if quick else list(CONFIGS)
+    names = [n for n in QUICK if n in CONFIGS or n in TINY] if quick else [*CONFIGS, *TINY]
     times, memory, flops = {}, {}, {}
     for name in names:
         variants = BIG_VARIANTS if name == BIG else VARIANTS
         print(f"timing {name} ...", file=sys.stderr)
-        times[name] = time_config(name, variants, 3 if name == BIG else rounds)
+        times[name] = time_config(name, (*variants, *FLOORS), 3 if name == BIG else rounds)
+        if name in TINY:
+            continue
         if not quick or name == names[0]:
             memory[name] = {v: in_subprocess("memory", name, v) for v in variants}
         if name != BIG:
             flops[name] = flops_row(name)
+    print("FLOPs against hand counts, first call ...", file=sys.stderr)
+    hand = flops_check.SMALL if quick else flops_check.CONFIGS
     print("giant, scaling, grad RSS ...", file=sys.stderr)
     sizes = [500, 1000] if quick else [1000, 2000, 4000, 8000]
     checked = ["lstm b8x64"] if quick else ["resnet50 b8", "gpt2_small b1x128", "lstm b8x64"]
@@ -378,6 +413,8 @@ def _all(quick: bool) -> dict[str, Any]:
         "times": times,
         "memory": memory,
         "flops": flops,
+        "flops_hand": {name: flops_check.measure(made) for name, made in hand.items()},
+        "first_call_s": floor.cold_first_call(3 if quick else 7),
         "giant": in_subprocess("giant", "1" if quick else "5"),
         "scaling": scaling(sizes, 1 if quick else 3),
         "grad_rss": {name: in_subprocess("grad_rss", name) for name in checked},
@@ -415,6 +452,16 @@ def _render(results: dict[str, Any]) -> list[str]:
             f"{row['flop_counter_mode']:,} | {extended:,} | {'yes' if equal else 'NO'} | "
             f"{2 * row['torchinfo_macs']:,} |"
         )
+    lines += ["", "## FLOPs against hand counts", "", *flops_check.render(results["flops_hand"])]
+    cold = results["first_call_s"]
+    lines += [
+        "",
+        "## First explain in a fresh process",
+        "",
+        f"import shapecheck + explain of the seed CNN (torch already imported and warm): median "
+        f"{statistics.median(cold) * 1e3:.1f} ms over {len(cold)} processes (min "
+        f"{min(cold) * 1e3:.1f})",
+    ]
     giant = results["giant"]
     lines += [
         "",

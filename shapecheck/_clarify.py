@@ -177,7 +177,7 @@ def _tracing() -> bool:
     """True inside a forward that explain() runs itself: its report holds that error."""
     from torch.overrides import _get_current_function_mode_stack
 
-    from ._recorder import FunctionMode
+    from ._recorder import Recorder
 
     stack = _get_current_function_mode_stack()  # type: ignore[no-untyped-call]
-    return any(isinstance(mode, FunctionMode) for mode in stack)
+    return any(isinstance(mode, Recorder) for mode in stack)

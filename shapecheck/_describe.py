@@ -9,7 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-__all__ = ["describe_arguments", "describe_module"]
+from ._records import CallArguments, Written
+
+__all__ = ["call_arguments", "describe_module"]
 
 
 def _single(value: object) -> object:
@@ -26,11 +28,21 @@ def _options(pairs: Sequence[tuple[str, object, object]]) -> str:
 
 
 def _conv(m: nn.modules.conv._ConvNd) -> str:
-    padding = m.padding if isinstance(m.padding, str) else _single(m.padding)
-    extra = _options([("s", m.stride, 1), ("p", padding, 0), ("d", m.dilation, 1),
-                      ("g", m.groups, 1)])  # fmt: skip
-    core = f"{m.in_channels}→{m.out_channels}, k={_single(m.kernel_size)}"
-    return f"{type(m).__name__}({core}{', ' + extra if extra else ''})"
+    # every conv call of a trace is described: the text is looked up by what it is made of
+    made_of = (type(m).__name__, m.in_channels, m.out_channels, m.kernel_size, m.stride,
+               m.padding, m.dilation, m.groups)  # fmt: skip
+    try:
+        return _conv_text(*made_of)
+    except TypeError:  # a subclass that keeps a list there: no dict key, written each time
+        return _conv_text.__wrapped__(*made_of)
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_text(name: str, c_in: int, c_out: int, kernel: tuple[int, ...], stride: object,
+               padding: object, dilation: object, groups: int) -> str:  # fmt: skip
+    padding = padding if isinstance(padding, str) else _single(padding)
+    extra = _options([("s", stride, 1), ("p", padding, 0), ("d", dilation, 1), ("g", groups, 1)])
+    return f"{name}({c_in}→{c_out}, k={_single(kernel)}{', ' + extra if extra else ''})"
 
 
 def _pool(m: nn.Module) -> str:
@@ -95,23 +107,32 @@ def _describer_of(cls: type) -> tuple[Callable[..., str] | None, bool]:
     return next((d for base, d in _DESCRIBERS if issubclass(cls, base)), None), lazy
 
 
-def describe_arguments(
+def call_arguments(
     args: Sequence[object], kwargs: Mapping[str, object], func: Callable[..., object] | None = None
-) -> str:
-    """Non-tensor arguments as written in code; tensors as ``T``, so ``view(-1, 512)`` reads.
+) -> CallArguments:
+    """What a call's arguments after its first look like in code, kept without its tensors:
+    ``view(-1, 512)`` keeps ``(-1, 512)``; a tensor stands as ``T``.
 
-    Keyword arguments equal to ``func``'s defaults are left out (``F.max_pool2d`` passes them all).
+    Keyword arguments equal to ``func``'s defaults are left out (``F.max_pool2d`` passes them
+    all). Made for every traced call: the common case (plain numbers) is a tuple slice.
     """
-    parts = [_argument(a) for a in args[1:]]  # args[0] is the tensor the call is about
-    if kwargs:
-        defaults = _defaults(func) if func is not None else {}
-        parts += [
-            f"{k}={_argument(v)}"
-            for k, v in kwargs.items()
-            if v is not None and v is not False and not _is_default(defaults, k, v)
-        ]
-    text = ", ".join(parts)
-    return text if len(text) <= 40 else text[:39] + "…"
+    positional = tuple(args[1:])  # args[0] is the tensor the call is about
+    for value in positional:
+        if type(value) not in _PLAIN:
+            positional = tuple([_kept(v) for v in positional])
+            break
+    if not kwargs:
+        return _new_call(CallArguments, (positional, ()))
+    defaults = _defaults(func) if func is not None else {}
+    keywords = tuple([
+        (k, _kept(v)) for k, v in kwargs.items()
+        if v is not None and v is not False and not _is_default(defaults, k, v)
+    ])  # fmt: skip
+    return _new_call(CallArguments, (positional, keywords))
+
+
+#: ``CallArguments(...)`` without the Python-level ``__new__`` of a NamedTuple: made per call
+_new_call = tuple.__new__
 
 
 @functools.lru_cache(maxsize=512)
@@ -137,23 +158,32 @@ def _is_default(defaults: Mapping[str, object], name: str, value: object) -> boo
         return False
 
 
-_PLAIN = frozenset({int, float, bool, str, type(None)})
+#: Argument types kept as they are: immutable, holding no tensor, written as ``repr`` writes
+#: them (``torch.float16`` too)
+_PLAIN = frozenset({int, float, bool, str, type(None), torch.dtype})
 
 
-def _argument(value: object) -> str:
-    if type(value) in _PLAIN:  # the common case first: called for every argument of every call
-        return repr(value)
+def _kept(value: object) -> object:
+    """``value`` as :class:`CallArguments` keeps it: plain values as they are, the rest as the
+    text a table shows for it (a tensor is ``T``)."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, torch.Tensor):
-        return "T"
+        return _TENSOR
     if isinstance(value, (list, tuple)):
         if any(isinstance(v, torch.Tensor) for v in value):
-            return f"[{len(value)} tensors]"
-        return repr(tuple(value)) if isinstance(value, tuple) else repr(list(value))
-    if isinstance(value, torch.dtype):
-        return str(value)
-    if isinstance(value, (int, float, bool, str, type(None), torch.device)):
-        return repr(value) if not isinstance(value, torch.device) else f"'{value}'"
-    return type(value).__name__
+            return Written(f"[{len(value)} tensors]")
+        if isinstance(value, tuple) and all(type(v) in _PLAIN for v in value):
+            return tuple(value)  # torch.Size and other tuples of numbers: a plain tuple
+        return Written(repr(tuple(value)) if isinstance(value, tuple) else repr(list(value)))
+    if isinstance(value, (int, float, bool, str)):
+        return value
+    if isinstance(value, torch.device):
+        return Written(f"'{value}'")
+    return Written(type(value).__name__)
+
+
+_TENSOR = Written("T")
 
 
 def module_code(module: nn.Module) -> str:

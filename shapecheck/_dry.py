@@ -7,7 +7,6 @@ simulated on the ``meta`` device and reported under its declared name.
 
 from __future__ import annotations
 
-import functools
 import logging
 import weakref
 from collections import OrderedDict
@@ -69,15 +68,13 @@ class DryRun:
         fakes: dict[int, torch.Tensor] = {}  # one fake per tensor: tied weights stay tied
         for _, t in named:
             if id(t) not in fakes:
-                fakes[id(t)] = cached.fake_of(t, functools.partial(self._fake, mode, t))
+                fakes[id(t)] = cached.fake_of(t, self._fake, mode)
         state = {name: fakes[id(t)] for name, t in named}
         #: id of each fake -> id of the weight it stands for (what the trace saw is the fake)
         self.originals = {id(fake): real for real, fake in fakes.items()}
-        fake_args, fake_kwargs = tree_map(
-            lambda v: cached.input_of(v, functools.partial(self._fake_input, mode))
-            if isinstance(v, torch.Tensor) else v,
-            (args, kwargs),
-        )  # fmt: skip
+        fake_args, fake_kwargs = _fake_inputs(
+            (args, kwargs), lambda v: cached.input_of(v, self._fake_input, mode)
+        )
         # fake mode logs every failing meta kernel (``disabled``, not setLevel: that clears the
         # level caches of every logger in the process)
         quiet, _FAKE_LOGGER.disabled = _FAKE_LOGGER.disabled, True
@@ -126,6 +123,8 @@ def _signature(tensor: torch.Tensor) -> tuple[Any, ...]:
 
 
 _Kept = tuple[weakref.ref[torch.Tensor], tuple[Any, ...], torch.Tensor]
+#: Makes the fake of a tensor in a fake mode: ``make(mode, tensor)``.
+_Make = Callable[[FakeTensorMode, torch.Tensor], torch.Tensor]
 #: Inputs whose fakes are kept per model and device (a loop over batches makes new ones).
 _KEPT_INPUTS = 16
 
@@ -148,18 +147,17 @@ class _Fakes:
                 return not self.fakes  # a first dry run fills an empty cache
         return True
 
-    def fake_of(self, tensor: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The fake made for ``tensor`` last time, else a new one (kept for next time)."""
+    def fake_of(self, tensor: torch.Tensor, make: _Make, mode: FakeTensorMode) -> torch.Tensor:
+        """The fake made for ``tensor`` last time, else ``make(mode, tensor)`` (kept for next
+        time)."""
         known = self.fakes.get(id(tensor))
         if known is not None and known[0]() is tensor:
             return known[2]
-        fake = make()
+        fake = make(mode, tensor)
         self.fakes[id(tensor)] = (weakref.ref(tensor), _signature(tensor), fake)
         return fake
 
-    def input_of(
-        self, tensor: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
+    def input_of(self, tensor: torch.Tensor, make: _Make, mode: FakeTensorMode) -> torch.Tensor:
         """An input's fake: the one made last time when neither the input nor that fake has
         changed since (a forward that writes into its input in place changes the fake too)."""
         known = self.inputs.get(id(tensor))
@@ -169,7 +167,7 @@ class _Fakes:
                 self.inputs.move_to_end(id(tensor))
                 return fake
         # from an alias: the fake mode's own memo would hand back the fake of last time
-        fake = make(tensor.detach().requires_grad_(tensor.requires_grad))
+        fake = make(mode, tensor.detach().requires_grad_(tensor.requires_grad))
         self.inputs[id(tensor)] = (
             (weakref.ref(tensor), _signature(tensor), fake),
             _signature(fake),
@@ -200,6 +198,21 @@ def _cached(model: nn.Module, target: torch.device | None, tensors: list[torch.T
     while len(_FAKES) > _KEPT:
         _FAKES.popitem(last=False)
     return fakes
+
+
+def _fake_inputs(inputs: Any, fake: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``inputs`` (the ``(args, kwargs)`` pair) with every tensor replaced by ``fake(tensor)``;
+    flat arguments without the cost of a pytree walk."""
+    args, kwargs = inputs
+    if all(type(a) in _FLAT for a in args) and all(type(v) in _FLAT for v in kwargs.values()):
+        swap = [fake(a) if isinstance(a, torch.Tensor) else a for a in args]
+        return tuple(swap), {k: fake(v) if isinstance(v, torch.Tensor) else v
+                             for k, v in kwargs.items()}  # fmt: skip
+    return tree_map(lambda v: fake(v) if isinstance(v, torch.Tensor) else v, inputs)
+
+
+#: Argument types that hold no tensor inside, or are one.
+_FLAT = frozenset({torch.Tensor, nn.Parameter, int, float, bool, str, type(None)})
 
 
 def _outside_fake(initialize: Callable[..., None]) -> Callable[..., None]:

@@ -22,8 +22,8 @@ class ModelWalk:
     rules read it instead of walking the model again (a walk costs ~1 µs per module, and an
     explain of a small model used to make ten).
 
-    Parameters and buffers are read from the modules when asked (a lazy module makes its
-    parameters during the forward).
+    Parameters and buffers are read from the modules when first asked, and again once a
+    forward has run (:meth:`ran`: a lazy module makes its parameters during the forward).
     """
 
     def __init__(self, root: nn.Module) -> None:
@@ -31,6 +31,12 @@ class ModelWalk:
         #: each module once, at its first path: ``root.named_modules()``
         self.named = list(root.named_modules())
         self._modules = [module for _, module in self.named]
+        self._parameters: list[nn.Parameter] | None = None
+        self._buffers: list[torch.Tensor] | None = None
+
+    def ran(self) -> None:
+        """A forward of the model has run: its parameters and buffers are read again."""
+        self._parameters = self._buffers = None
 
     @functools.cached_property
     def every(self) -> list[tuple[str, nn.Module]]:
@@ -44,11 +50,15 @@ class ModelWalk:
 
     def parameters(self) -> list[nn.Parameter]:
         """Each parameter once, in ``root.parameters()`` order (tied weights counted once)."""
-        return _unique(p for m in self._modules for p in m._parameters.values())
+        if self._parameters is None:
+            self._parameters = _unique(p for m in self._modules for p in m._parameters.values())
+        return self._parameters
 
     def buffers(self) -> list[torch.Tensor]:
         """Each buffer once, in ``root.buffers()`` order."""
-        return _unique(b for m in self._modules for b in m._buffers.values())
+        if self._buffers is None:
+            self._buffers = _unique(b for m in self._modules for b in m._buffers.values())
+        return self._buffers
 
 
 def walk_of(model: nn.Module | ModelWalk) -> ModelWalk:

@@ -11,7 +11,6 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 
-from ._describe import describe_arguments, describe_module
+from ._describe import call_arguments, describe_module
 from ._inputs import call_tensors, tensors_in
 from ._paths import ModuleFrame, PathIndex
 from ._records import Layer, TensorInfo, record_of
@@ -29,7 +28,7 @@ from ._source import caller_source
 if TYPE_CHECKING:
     from ._flops import FlopCounter
 
-__all__ = ["FunctionMode", "Recorder", "Rewrite", "Row", "function_name", "hooks", "owned_counts"]
+__all__ = ["Recorder", "Rewrite", "function_name", "hooks", "owned_counts"]
 
 #: Replaces one functional call during a re-run: (the call, args, kwargs) -> result.
 Rewrite = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
@@ -51,13 +50,13 @@ _IN_PLACE_OPERATORS = frozenset({
 })  # fmt: skip
 
 
-#: What the recorder keeps of a tensor while tracing: TensorInfo's fields in its order, the
-#: dtype and device still torch's objects. Made into records once, when the trace ends
-#: (:meth:`Recorder.records`), where the same tensor seen at many calls gives one record.
+#: What the recorder sees of a tensor: TensorInfo's fields in its order, the dtype and device
+#: still torch's objects; equal ones give one record (:meth:`Recorder.records`). Plain tensors
+#: skip it (:meth:`Recorder.infos_of`); a DTensor's is amended with how it is sharded.
 Seen = tuple[Any, ...]
 _SHAPE, _GLOBAL_SHAPE, _PLACEMENTS, _MESH_SHAPE = 0, 7, 8, 9
-_TENSOR_FIELDS = tuple(f.name for f in fields(TensorInfo))
 _PLAIN = (torch.Tensor, nn.Parameter)  # types that are never a DTensor
+_NO_FLOPS: dict[str, Any] = {"flops": None, "flops_uncounted": 0}
 
 #: dtype -> its name as the records write it ("float32"), filled on first sight
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
@@ -70,16 +69,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return name
 
 
-def _ours() -> AbstractContextManager[None]:
-    """Torch-function dispatch off: shapecheck's own tensor reads skip its function mode."""
-    off: AbstractContextManager[None] = torch._C.DisableTorchFunction()
-    return off
+#: ``with _ours():`` torch-function dispatch off: shapecheck's own tensor reads skip its
+#: function mode (the class itself: a wrapper function would cost a call on the hot path)
+_ours: Callable[[], AbstractContextManager[None]] = torch._C.DisableTorchFunction
 
 
-def writes_in_place(func: Callable[..., Any], kwargs: Mapping[str, Any]) -> bool:
-    """``x.mul_(2)``, ``x += 1``, ``x[0] = 1``, ``F.relu(x, inplace=True)``,
-    ``torch.add(a, b, out=x)``: it writes into its first argument (or ``out``)."""
-    return _named(func)[1] or "out" in kwargs or kwargs.get("inplace") is True
+def _writes_by_keyword(kwargs: Mapping[str, Any]) -> bool:
+    """``torch.add(a, b, out=x)``, ``F.relu(x, inplace=True)``: the call writes into ``out`` or
+    its first argument whatever its name says (``x.mul_(2)``, ``x += 1``: see :func:`_named`)."""
+    return bool(kwargs) and ("out" in kwargs or kwargs.get("inplace") is True)
 
 
 #: func -> (its name as a row shows it, whether that name says it writes in place); every call
@@ -119,32 +117,13 @@ def function_name(func: Callable[..., Any]) -> str:
     return name
 
 
-@dataclass(slots=True)
-class Row:
-    """A layer under construction."""
-
-    path: str
-    kind: str
-    type: str
-    depth: int
-    inputs: tuple[Seen, ...]
-    params: int
-    trainable: int
-    summary: str
-    parent: int | None
-    source: str | None = None
-    arguments: str = ""
-    outputs: tuple[Seen, ...] = ()
-    failed: bool = False
-    flops_start: int | None = None
-    flops: int | None = None
-    uncounted_start: int = 0
-    flops_uncounted: int = 0
-    shard: ModuleShard | None = None
+#: A layer's fields while its call runs: made into the :class:`Layer` record when it returns.
+Fields = dict[str, Any]
 
 
-class Recorder:
-    """Collects rows from module hooks and the function mode, and where each tensor came from."""
+class Recorder(TorchFunctionMode):
+    """Collects rows from module hooks and, as a TorchFunctionMode, from functional calls; and
+    where each tensor came from."""
 
     def __init__(
         self,
@@ -154,11 +133,13 @@ class Recorder:
         rewrites: Mapping[tuple[str, str], Rewrite],
         shards: Mapping[int, ModuleShard] | None = None,
     ) -> None:
+        super().__init__()
         self.paths = paths
         self.owned = owned
         self.device_alias = device_alias
         self._devices: dict[torch.device, str] = {}  # torch.device -> its name in the records
-        self._records: dict[Seen, TensorInfo] = {}
+        self._records: dict[Seen, TensorInfo] = {}  # sharded models: by what was seen
+        self._last: dict[int, tuple[TensorInfo, torch.dtype, torch.device]] = {}  # by key
         self.rewrites = rewrites
         self.shards = shards or {}
         # None unless torch.distributed.tensor is imported: then no tensor can be a DTensor,
@@ -169,7 +150,10 @@ class Recorder:
         self._raw: tuple[torch.Tensor, ...] | None = None
         self._sharded_out: dict[int, tuple[Seen, ...]] = {}
         self.quiet = False  # inside the hooks of ParallelStyles and FSDP: their ops are no rows
-        self.rows: list[Row] = []
+        #: the layers in call order; a running module's slot is None until its call returns
+        #: (its fields wait in ``_open``)
+        self.rows: list[Layer | None] = []
+        self._open: dict[int, Fields] = {}
         self.module_at: dict[int, nn.Module] = {}
         self.stack: list[ModuleFrame] = []
         self.events: list[tuple[BaseException, int]] = []
@@ -188,14 +172,18 @@ class Recorder:
         self._input_storages: dict[int, torch.Tensor] = {}
         self._saved_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _flops_now(self) -> int | None:
-        # one running total, read at the start and end of each call: O(1) per call
-        return None if self.counter is None else self.counter.total
+    def _flops_since(self, start: tuple[int, int] | None) -> dict[str, Any]:
+        """``flops`` and ``flops_uncounted`` of a call that began at ``start`` (the counter's
+        running totals then: O(1) per call)."""
+        counter = self.counter
+        if counter is None or start is None:
+            return _NO_FLOPS
+        return {"flops": counter.total - start[0],
+                "flops_uncounted": counter.uncounted_calls - start[1]}  # fmt: skip
 
-    def _flops_end(self, row: Row) -> None:
-        if self.counter is not None and row.flops_start is not None:
-            row.flops = self.counter.total - row.flops_start
-            row.flops_uncounted = self.counter.uncounted_calls - row.uncounted_start
+    def _flops_now(self) -> tuple[int, int] | None:
+        counter = self.counter
+        return None if counter is None else (counter.total, counter.uncounted_calls)
 
     def _key(self, tensor: torch.Tensor) -> int:
         known = self._keys.get(id(tensor))
@@ -206,9 +194,48 @@ class Recorder:
         self._keys[id(tensor)] = (weakref.ref(tensor), key)
         return key
 
-    def infos(self, obj: object) -> tuple[TensorInfo, ...]:
-        """The records of the tensors in ``obj``, as they are now."""
-        return self.records(self._seen_in(obj))
+    def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
+        """The records of the tensors in ``obj``, as they are now; ``made_by`` as for
+        :meth:`infos_of`."""
+        with _ours():
+            return self.infos_of(tensors_in(obj), made_by)
+
+    def infos_of(
+        self,
+        tensors: list[torch.Tensor],
+        made_by: int | None = None,
+        raw: Sequence[torch.Tensor] | None = None,
+    ) -> tuple[TensorInfo, ...]:
+        """The records of ``tensors``; ``made_by``: the row that returned them (first maker
+        wins); ``raw`` as for :meth:`seen`. A tensor seen again unchanged (the output of one
+        call is the input of the next) gives the same record, looked up by its key.
+
+        Call with torch-function dispatch off (:func:`_ours`), as :meth:`seen`.
+        """
+        if self.dtensor is None:
+            return tuple([self._info(t, made_by) for t in tensors])
+        # torch.distributed.tensor is imported (transformers does): only a subclass can be a
+        # DTensor, whose record says how it is sharded
+        record, sharded, dtensor = self._record, self._sharded_seen, self.dtensor
+        return tuple([self._info(t, made_by) if type(t) in _PLAIN or not isinstance(t, dtensor)
+                      else record(sharded(t, made_by, raw, i))
+                      for i, t in enumerate(tensors)])  # fmt: skip
+
+    def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
+        key = self._key(t)
+        made = self._made_by
+        if made_by is not None:
+            made.setdefault(key, made_by)
+        maker, shape, dtype, device = made.get(key), t.shape, t.dtype, t.device
+        last = self._last.get(key)
+        # what can change of one tensor object: its shape and requires_grad (in place), its
+        # maker (set once), and through ``.data =`` even its dtype and device
+        if last is not None and _same(last, shape, dtype, device, t.requires_grad, maker):
+            return last[0]
+        info = self._new_record((shape, dtype, device, t.requires_grad, key, maker,
+                                 self._position.get(key), None, None, None))  # fmt: skip
+        self._last[key] = (info, dtype, device)
+        return info
 
     def seen(
         self,
@@ -243,7 +270,9 @@ class Recorder:
         made = self._made_by
         if made_by is not None:
             made.setdefault(key, made_by)
-        return (tuple(t.shape), t.dtype, t.device, t.requires_grad, key, made.get(key),
+        # the shape as torch.Size (a tuple, equal and hashing alike): made a plain tuple once
+        # per record (_new_record), not once per sight
+        return (t.shape, t.dtype, t.device, t.requires_grad, key, made.get(key),
                 self._position.get(key), None, None, None)  # fmt: skip
 
     def records(self, seen: tuple[Seen, ...]) -> tuple[TensorInfo, ...]:
@@ -260,9 +289,15 @@ class Recorder:
         return found
 
     def _new_record(self, seen: Seen) -> TensorInfo:
-        device = self._devices.get(seen[2]) or self._device_name(seen[2])
-        values = (seen[0], _dtype_name(seen[1]), device, *seen[3:])
-        return record_of(TensorInfo, dict(zip(_TENSOR_FIELDS, values, strict=True)))
+        shape, dtype, device, requires_grad, key, made_by, model_input, whole, placements, mesh \
+            = seen  # fmt: skip
+        return record_of(TensorInfo, {
+            "shape": tuple(shape), "dtype": _dtype_name(dtype),
+            "device": self._devices.get(device) or self._device_name(device),
+            "requires_grad": requires_grad, "key": key, "made_by": made_by,
+            "model_input": model_input, "global_shape": whole, "placements": placements,
+            "mesh_shape": mesh,
+        })  # fmt: skip
 
     def _device_name(self, device: torch.device) -> str:
         name = str(device)
@@ -281,11 +316,10 @@ class Recorder:
                     self._input_storages.setdefault(_storage_key(t), t)
         return self.infos((args, kwargs))
 
-    def _guard_input(self, func: Callable[..., Any], args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> None:  # fmt: skip
+    def _guard_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before an in-place write into a caller's input (or a view of one), keep a copy."""
         target = kwargs.get("out", args[0] if args else None)
-        if not isinstance(target, torch.Tensor) or not writes_in_place(func, kwargs):
+        if not isinstance(target, torch.Tensor):
             return
         with _ours():
             key = _storage_key(target)
@@ -327,10 +361,6 @@ class Recorder:
             ):
                 self.value_ranges[row] = (int(first.min()), int(first.max()))
 
-    def _add(self, row: Row) -> int:
-        self.rows.append(row)
-        return len(self.rows) - 1
-
     def _seen_in(
         self, obj: object, made_by: int | None = None, raw: Sequence[torch.Tensor] | None = None
     ) -> tuple[Seen, ...]:
@@ -338,51 +368,69 @@ class Recorder:
             return self.seen(tensors_in(obj), made_by, raw)
 
     def layers(self) -> list[Layer]:
-        """The rows as records, in call order."""
-        records = self.records
-        return [_layer(index, row, records(row.inputs), records(row.outputs))
-                for index, row in enumerate(self.rows)]  # fmt: skip
+        """The rows as records, in call order (a module whose call never returned, as it was
+        when it began)."""
+        for index in list(self._open):
+            self._close(index, ())
+        return [layer for layer in self.rows if layer is not None]
+
+    def _close(self, index: int, outputs: tuple[TensorInfo, ...], failed: bool = False) -> None:
+        fields = self._open.pop(index)
+        start = fields.pop("flops_start")
+        fields.update(outputs=outputs, failed=failed, **self._flops_since(start))
+        self.rows[index] = record_of(Layer, fields)
 
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         raw, self._raw, self.quiet = self._raw, None, False
-        parent = self.stack[-1] if self.stack else None
+        stack = self.stack
+        parent = stack[-1] if stack else None
         owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
         params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
         with _ours():
-            inputs = self.seen(call_tensors(args, kwargs), raw=raw)
+            inputs = self.infos_of(call_tensors(args, kwargs), raw=raw)
         path = self.paths.path_of(module, parent)
-        row = self._add(Row(
-            path=path, kind="module", type=type(module).__name__, depth=len(self.stack),
-            inputs=inputs, params=params, trainable=trainable,
-            summary=describe_module(module), parent=parent.row if parent else None,
-            flops_start=self._flops_now(), shard=self.shards.get(id(module)),
-            uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
-        ))  # fmt: skip
+        row = len(self.rows)
+        shard = self.shards.get(id(module)) if self.shards else None
+        self.rows.append(None)
+        self._open[row] = {
+            "index": row, "path": path, "kind": "module", "type": type(module).__name__,
+            "depth": len(stack), "inputs": inputs, "params": params, "trainable": trainable,
+            "description": describe_module(module), "parent": parent.row if parent else None,
+            "source": None, "call": None, "flops_start": self._flops_now(),
+            "rank_params": shard.params if shard else None,
+            "rank_param_bytes": shard.nbytes if shard else None,
+            "param_placements": shard.placements if shard else (),
+        }  # fmt: skip
         self.module_at[row] = module
-        self.stack.append(ModuleFrame(module, path, row, _records_functions(type(module))))
+        stack.append(ModuleFrame(module, path, row, _records_functions(type(module))))
 
     def post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         self.quiet = False
-        position = self._frame_of(module)
+        stack = self.stack
+        # the module's frame is the top one unless a call inside it raised past its hooks
+        position = len(stack) - 1 if stack and stack[-1].module is module \
+            else self._frame_of(module)  # fmt: skip
         if position is None:
             return
-        frame = self.stack[position]
-        del self.stack[position:]
-        row = self.rows[frame.row]
-        self._flops_end(row)
+        frame = stack[position]
+        for inner in stack[position + 1 :]:  # calls that never returned: as they began
+            self._close(inner.row, ())
+        del stack[position:]
         error = sys.exc_info()[1] if output is None else None
         if error is not None:
-            row.failed = True
+            self._close(frame.row, (), failed=True)
             self.events.append((error, frame.row))
             self._remember_values(frame.row, args)
+            return
+        sharded = self._sharded_out.pop(frame.row, None) if self._sharded_out else None
+        if sharded is None:
+            self._close(frame.row, self.infos(output, made_by=frame.row))
         else:
-            row.outputs = self._seen_in(output, made_by=frame.row)
-            sharded = self._sharded_out.pop(frame.row, None)
-            if sharded is not None:
-                row.outputs = _with_global(row.outputs, sharded)
+            outputs = _with_global(self._seen_in(output, made_by=frame.row), sharded)
+            self._close(frame.row, self.records(outputs))
 
     # -- sharded models: what the ParallelStyle and FSDP hooks change -------------------------
     def early_pre_hook(
@@ -412,60 +460,6 @@ class Recorder:
         return None
 
     # -- functional ops -------------------------------------------------------------------------
-    def call(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._input_storages:
-            self._guard_input(func, args, kwargs)
-        frame = self.stack[-1] if self.stack else None
-        if self.quiet or frame is None or not frame.records_functions:
-            return func(*args, **kwargs)
-        name = _named(func)[0]
-        if name in _BOOKKEEPING:
-            result = func(*args, **kwargs)
-            if name in _SAME_VALUES and args:
-                self._same_values(result, args[0])
-            return result
-        source = caller_source(skip=3)
-        arguments = describe_arguments(args, kwargs, func)
-        rewrites = self.rewrites
-        rewrite = (rewrites.get((source or "", name)) or rewrites.get(("*", name))) if rewrites \
-            else None  # fmt: skip
-        tensors = call_tensors(args, kwargs)
-        with _ours():
-            given = self.seen(tensors)
-            # weights read directly, F.linear(x, self.w): require grad or are Parameters
-            # (type() is: Parameter's own isinstance check is slow)
-            self.read.update([id(t) for t in tensors
-                              if t.requires_grad or type(t) is nn.Parameter])  # fmt: skip
-        row = Row(
-            path=frame.path, kind="function", type=name, depth=len(self.stack),
-            inputs=given, params=0, trainable=0,
-            summary=f"{name}({arguments})", parent=frame.row, source=source, arguments=arguments,
-            flops_start=self._flops_now(),
-            uncounted_start=self.counter.uncounted_calls if self.counter is not None else 0,
-        )  # fmt: skip
-        try:
-            result = rewrite(func, args, kwargs) if rewrite else func(*args, **kwargs)
-        except Exception as error:
-            row.failed = True
-            self._flops_end(row)
-            index = self._add(row)
-            self.events.append((error, index))
-            self._remember_values(index, (args, kwargs))
-            raise
-        self._flops_end(row)
-        row.outputs = self._seen_in(result, made_by=len(self.rows))  # the index it is added at
-        if row.outputs:
-            self._add(row)
-        return result
-
-
-class FunctionMode(TorchFunctionMode):
-    """Sends every torch function call through the recorder."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        super().__init__()
-        self.recorder = recorder
-
     def __torch_function__(
         self,
         func: Callable[..., Any],
@@ -473,28 +467,82 @@ class FunctionMode(TorchFunctionMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        return self.recorder.call(func, args, kwargs or {})
+        """Every torch function call while the mode is on; those from user code are rows."""
+        kwargs = kwargs or {}
+        name, in_place = _named(func)
+        if self._input_storages and (in_place or _writes_by_keyword(kwargs)):
+            self._guard_input(args, kwargs)
+        stack = self.stack
+        frame = stack[-1] if stack else None
+        if self.quiet or frame is None or not frame.records_functions:
+            return func(*args, **kwargs)
+        if name in _BOOKKEEPING:
+            result = func(*args, **kwargs)
+            if name in _SAME_VALUES and args:
+                self._same_values(result, args[0])
+            return result
+        source = caller_source(skip=2)
+        rewrites = self.rewrites
+        rewrite = (rewrites.get((source or "", name)) or rewrites.get(("*", name))) if rewrites \
+            else None  # fmt: skip
+        with _ours():
+            tensors = call_tensors(args, kwargs)
+            given = self.infos_of(tensors)
+            # weights read directly, F.linear(x, self.w): require grad or are Parameters
+            # (type() is: Parameter's own isinstance check is slow)
+            self.read.update([id(t) for t in tensors
+                              if t.requires_grad or type(t) is nn.Parameter])  # fmt: skip
+        start = self._flops_now()
+        fields: Fields = {
+            "path": frame.path, "kind": "function", "type": name,
+            "depth": len(stack), "inputs": given, "params": 0, "trainable": 0,
+            "description": "", "parent": frame.row, "source": source,
+            "call": call_arguments(args, kwargs, func), "flops": None, "flops_uncounted": 0,
+            "rank_params": None, "rank_param_bytes": None, "param_placements": (),
+        }  # fmt: skip
+        try:
+            result = rewrite(func, args, kwargs) if rewrite else func(*args, **kwargs)
+        except Exception as error:
+            index = len(self.rows)  # rows made inside the call (checkpoint(block, x)) come first
+            fields.update(index=index, outputs=(), failed=True)
+            if start is not None:
+                fields.update(self._flops_since(start))
+            self.rows.append(record_of(Layer, fields))
+            self.events.append((error, index))
+            self._remember_values(index, (args, kwargs))
+            raise
+        index = len(self.rows)  # the index it is added at
+        outputs = self.infos(result, made_by=index)
+        if outputs:
+            fields.update(index=index, outputs=outputs, failed=False)
+            if start is not None:
+                fields.update(self._flops_since(start))
+            self.rows.append(record_of(Layer, fields))
+        return result
+
+
+def _same(
+    last: tuple[TensorInfo, torch.dtype, torch.device],
+    shape: torch.Size,
+    dtype: torch.dtype,
+    device: torch.device,
+    requires_grad: bool,
+    maker: int | None,
+) -> bool:
+    """True when a tensor is as its last record has it (a symbolic size that cannot be
+    compared: False, and it gets a new record)."""
+    info, last_dtype, last_device = last
+    try:
+        return bool(info.shape == shape and info.requires_grad == requires_grad
+                    and info.made_by == maker and last_dtype is dtype
+                    and last_device == device)  # fmt: skip
+    except Exception:  # an unbacked SymInt's comparison asks for a value fake tensors lack
+        return False
 
 
 def _records_functions(cls: type) -> bool:
     """Functional calls inside this class's forward are rows: not inside torch's own layers."""
     return not cls.__module__.startswith("torch.")
-
-
-def _layer(
-    index: int, row: Row, inputs: tuple[TensorInfo, ...], outputs: tuple[TensorInfo, ...]
-) -> Layer:
-    shard = row.shard
-    return record_of(Layer, {
-        "index": index, "path": row.path, "kind": row.kind, "type": row.type, "depth": row.depth,
-        "inputs": inputs, "outputs": outputs, "params": row.params,
-        "trainable": row.trainable, "summary": row.summary, "parent": row.parent,
-        "failed": row.failed, "source": row.source, "arguments": row.arguments,
-        "flops": row.flops, "flops_uncounted": row.flops_uncounted,
-        "rank_params": shard.params if shard else None,
-        "rank_param_bytes": shard.nbytes if shard else None,
-        "param_placements": shard.placements if shard else (),
-    })  # fmt: skip
 
 
 def _unwrapped(shard: torch.Tensor, raw: Sequence[torch.Tensor] | None, at: int) -> torch.Tensor:

@@ -6,9 +6,12 @@ in, the renderer and the serialiser read them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+
+from ._text import call_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -16,6 +19,7 @@ if TYPE_CHECKING:
     from ._changes import Fix
 
 __all__ = [
+    "CallArguments",
     "Diagnosis",
     "Evidence",
     "Failure",
@@ -25,6 +29,7 @@ __all__ = [
     "Step",
     "TensorInfo",
     "TrainingMemory",
+    "Written",
     "dtype_bytes",
     "record_of",
 ]
@@ -109,6 +114,27 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class Written:
+    """An argument kept as the text a table shows for it (``T`` for a tensor, ``'cuda:0'``,
+    ``[3 tensors]``): what a call was given, without holding on to it."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class CallArguments(NamedTuple):
+    """A functional call's arguments after its first (the tensor the call is about), as plain
+    values: numbers, strings, None, dtypes and tuples of them; anything else :class:`Written`.
+    Keywords equal to the function's defaults are left out. Text is made only when asked
+    (:attr:`Layer.arguments`): most traces are never rendered."""
+
+    positional: tuple[object, ...]
+    keywords: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
 class Layer:
     """One call in the forward pass: a module's forward, or a functional op between modules.
 
@@ -128,17 +154,29 @@ class Layer:
     outputs: tuple[TensorInfo, ...]
     params: int
     trainable: int
-    summary: str
+    #: a module row's class with the hyper-parameters that decide shapes; "" for a function
+    description: str
     parent: int | None = None
     failed: bool = False
     source: str | None = None
-    arguments: str = ""
+    #: a function row's arguments (None for a module): see :attr:`arguments`
+    call: CallArguments | None = None
     flops: int | None = None
     #: calls inside this one that do work but have no FLOPs formula: ``flops`` is then a floor
     flops_uncounted: int = 0
     rank_params: int | None = None
     rank_param_bytes: int | None = None
     param_placements: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @functools.cached_property
+    def arguments(self) -> str:
+        """A function row's arguments after its first, as written in code: ``-1, 512``."""
+        return call_text(*self.call) if self.call is not None else ""
+
+    @functools.cached_property
+    def summary(self) -> str:
+        """``Conv2d(3→16, k=3, p=1)`` for a module, ``view(-1, 512)`` for a function call."""
+        return self.description if self.kind == "module" else f"{self.type}({self.arguments})"
 
     @property
     def input_shapes(self) -> list[Shape]:

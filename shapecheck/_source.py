@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import linecache
 import os
 import sys
-from types import FrameType, TracebackType
+from types import CodeType, FrameType, TracebackType
 
 import torch
 
@@ -19,8 +18,26 @@ _LIBRARY_DIRS = (
 )
 
 
-@functools.lru_cache(maxsize=4096)  # called for every frame of every recorded call
+#: Bounds the per-process caches below (a notebook makes a code object per cell run).
+_KEPT = 4096
+#: filename -> whether it is the user's: asked for every frame of every recorded call
+_USER_FILES: dict[str, bool] = {}
+#: (id of a code object, offset of its current instruction) -> (the code, ``file:line``).
+#: The code is kept so that its id is not reused while cached; finding a line number walks the
+#: code's line table (long in a model's forward), so each call site finds it once.
+_SITES: dict[tuple[int, int], tuple[CodeType, str]] = {}
+
+
 def _is_user_file(filename: str) -> bool:
+    found = _USER_FILES.get(filename)
+    if found is None:
+        found = _user_file(filename)
+        if len(_USER_FILES) < _KEPT:
+            _USER_FILES[filename] = found
+    return found
+
+
+def _user_file(filename: str) -> bool:
     if filename.startswith("<") and not filename.startswith("<ipython"):
         return False  # frozen importlib and friends; notebook cells stay
     return not os.path.abspath(filename).startswith(_LIBRARY_DIRS)
@@ -36,10 +53,22 @@ def caller_source(skip: int = 2) -> str | None:
     for _ in range(40):  # bounded: the user's frame is a few levels up at most
         if frame is None:
             return None
-        if _is_user_file(frame.f_code.co_filename):
-            return _where(frame)
+        code = frame.f_code
+        if _is_user_file(code.co_filename):
+            return _site(frame, code)
         frame = frame.f_back
     return None
+
+
+def _site(frame: FrameType, code: CodeType) -> str:
+    at = (id(code), frame.f_lasti)
+    known = _SITES.get(at)
+    if known is not None and known[0] is code:
+        return known[1]
+    where = _where(frame)
+    if len(_SITES) < _KEPT:
+        _SITES[at] = (code, where)
+    return where
 
 
 def traceback_source(tb: TracebackType | None) -> str | None:

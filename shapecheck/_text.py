@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "GLYPHS",
+    "call_text",
     "can_encode",
     "count",
     "nbytes",
@@ -25,6 +26,21 @@ __all__ = [
 GLYPHS = {"─": "-", "→": "->", "✗": "x", "·": ".", "—": "-", "…": "...", "×": "x", "≈": "~",
           "⋮": ":", "↑": "^", "≥": ">=", "≤": "<="}  # fmt: skip
 _ASCII = str.maketrans(GLYPHS)
+
+
+def call_text(positional: Sequence[object], keywords: Sequence[tuple[str, object]] = ()) -> str:
+    """A call's arguments as written in code, at most 40 characters.
+
+    >>> call_text((-1, 512))
+    '-1, 512'
+    >>> call_text((1,), (("keepdim", True),))
+    '1, keepdim=True'
+    """
+    parts = [repr(a) for a in positional]
+    if keywords:
+        parts += [f"{name}={value!r}" for name, value in keywords]
+    text = ", ".join(parts)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def shape(dims: Sequence[int]) -> str:

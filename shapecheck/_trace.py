@@ -27,7 +27,7 @@ from ._dry import DryRun, available, is_meta_model
 from ._inputs import realise
 from ._memory import SavedTensors
 from ._paths import ModelWalk, PathIndex
-from ._recorder import FunctionMode, Recorder, Rewrite, hooks, owned_counts
+from ._recorder import Recorder, Rewrite, hooks, owned_counts
 from ._records import Failure, Layer, TensorInfo
 from ._sharding import is_sharded, kept_sharded, module_shards, settle
 from ._source import traceback_source
@@ -305,7 +305,7 @@ def _run_once(
                     stack.enter_context(context)
             recorder.counter = counter
             stack.enter_context(hooks(modules, recorder, sharded))
-            stack.enter_context(FunctionMode(recorder))
+            stack.enter_context(recorder)  # the function mode: functional calls are rows
             output = forward(*args, **kwargs)
             if sharded:
                 settle(output)
@@ -316,6 +316,7 @@ def _run_once(
     finally:
         restore()
         recorder.restore_inputs()
+        walk.ran()
     trace = _finish(model, recorder, model_inputs, output, error, dry_run)
     trace.flops, trace.saved, trace.walk = counter, saving, walk
     trace.batch = _batch_of(args)

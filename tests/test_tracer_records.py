@@ -66,6 +66,48 @@ def test_fast_records_have_every_field_and_equal_the_plain_ones() -> None:
         assert hash(rebuilt) == hash(record)
 
 
+class _Calls(nn.Module):
+    """Calls whose arguments are numbers, keywords, a dtype, a device, an index and tensors."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.view(-1, 6)
+        z = y.mean(-1, keepdim=True)
+        w = torch.cat([y, y], dim=1)
+        v = w.to(torch.float64)[..., :2]
+        out: torch.Tensor = torch.add(v, z.double(), alpha=2).to("cpu")
+        return out
+
+
+def test_call_arguments_are_written_as_in_code_and_hold_no_tensor() -> None:
+    """A call's arguments are kept as plain values (no tensor: it would stay alive with the
+    report) and written only when asked."""
+    report = shapecheck.explain(_Calls(), torch.randn(2, 3, 2))
+    calls = [layer for layer in report.layers if layer.kind == "function"]
+    assert [(c.type, c.arguments) for c in calls] == [
+        ("view", "-1, 6"), ("mean", "-1, keepdim=True"), ("cat", "dim=1"),
+        ("to", "torch.float64"), ("__getitem__", "(Ellipsis, slice(None, 2, None))"),
+        ("double", ""), ("add", "T, alpha=2"), ("to", "'cpu'"),
+    ]  # fmt: skip
+    assert calls[0].summary == "view(-1, 6)"
+    assert report.layers[0].summary == "_Calls"
+    assert report.layers[0].call is None
+
+    def values(obj: object) -> list[object]:
+        if isinstance(obj, tuple):
+            return [v for item in obj for v in values(item)]
+        return [obj]
+
+    kept = [v for c in calls if c.call is not None for v in values(tuple(c.call))]
+    assert kept
+    assert not any(isinstance(v, torch.Tensor) for v in kept)
+
+
+def test_arguments_longer_than_a_cell_are_cut() -> None:
+    from shapecheck._text import call_text
+
+    assert call_text(tuple(range(30))) == ", ".join(map(str, range(30)))[:39] + "…"
+
+
 class _Reshaped(nn.Module):
     """One tensor object seen at three calls, its shape changed in place between them."""
 
@@ -198,3 +240,6 @@ def test_a_symbolic_size_is_recorded_too() -> None:
     assert str(record.shape[0]).startswith("u")
     assert record.shape[1] == 3
     assert (record.dtype, record.device) == ("float32", "cpu")
+    first, again = recorder.infos_of([fake, fake])  # the fast path, and its second sight
+    assert str(first.shape[0]).startswith("u")
+    assert again.shape[1:] == (3,)

@@ -26,4 +26,5 @@ def __getattr__(name: str) -> list[Rule]:
     from . import _registry
 
     rules: list[Rule] = getattr(_registry, name)
+    globals()[name] = rules  # asked once per explain: later reads skip this hook
     return rules

@@ -134,12 +134,14 @@ def unused_module(ctx: Context) -> list[Finding]:
     TorchScript submodules take no hooks, so whether they ran is not known: left out."""
     tree = ctx.tree().named
     live = _ran_or_holds_one(ctx, tree)
+    idle = [(path, module) for path, module in tree if path and id(module) not in live
+            and not isinstance(module, torch.jit.ScriptModule)]  # fmt: skip
+    if not idle:  # the common case: every module ran
+        return []
     used = _weights_in_use(ctx)
     parents = {id(child): module for _, module in tree for child in module.children()}
     findings = []
-    for path, module in tree:
-        if not path or id(module) in live or isinstance(module, torch.jit.ScriptModule):
-            continue
+    for path, module in idle:
         parent = parents.get(id(module), ctx.model)
         if id(parent) not in live or _uses_children_directly(parent):
             continue  # reported with its parent, or used through its weights (MHA.out_proj)
@@ -222,8 +224,8 @@ def batchnorm_batch1(ctx: Context) -> list[Finding]:
     """BatchNorm in training mode on a batch of one sample: its statistics are of one image."""
     findings = []
     seen: Counter[int] = Counter()
-    for layer in ctx.layers:
-        module = ctx.module(layer)
+    for index, module in ctx.module_at.items():  # in call order
+        layer = ctx.layers[index]
         if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not layer.inputs:
             continue
         if not module.training or layer.inputs[0].shape[:1] != (1,) or seen[id(module)]:
