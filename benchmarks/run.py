@@ -374,9 +374,9 @@ def main() -> None:
         print("\n".join(render_contracts(found)))
         return
     results = _all(quick)
-    if options.json:
-        options.json.write_text(json.dumps(results, indent=1))
     print("\n".join(_render(results)))
+    if options.json:  # sets (the ops a counter left uncounted) as sorted lists
+        options.json.write_text(json.dumps(results, indent=1, default=sorted))
 
 
 def _child(args: list[str]) -> dict[str, Any]:
