@@ -198,6 +198,8 @@ class Recorder(TorchFunctionMode):
         """The records of the tensors in ``obj``, as they are now; ``made_by`` as for
         :meth:`infos_of`."""
         with _ours():
+            if type(obj) in _PLAIN:  # most calls return one plain tensor (never a DTensor)
+                return (self._info(obj, made_by),)  # type: ignore[arg-type]
             return self.infos_of(tensors_in(obj), made_by)
 
     def infos_of(
