@@ -56,7 +56,6 @@ _IN_PLACE_OPERATORS = frozenset({
 Seen = tuple[Any, ...]
 _SHAPE, _GLOBAL_SHAPE, _PLACEMENTS, _MESH_SHAPE = 0, 7, 8, 9
 _PLAIN = (torch.Tensor, nn.Parameter)  # types that are never a DTensor
-_NO_FLOPS: dict[str, Any] = {"flops": None, "flops_uncounted": 0}
 
 #: dtype -> its name as the records write it ("float32"), filled on first sight
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
@@ -153,7 +152,7 @@ class Recorder(TorchFunctionMode):
         #: the layers in call order; a running module's slot is None until its call returns
         #: (its fields wait in ``_open``)
         self.rows: list[Layer | None] = []
-        self._open: dict[int, Fields] = {}
+        self._open: dict[int, tuple[Fields, tuple[int, int] | None]] = {}  # and FLOPs at start
         self.module_at: dict[int, nn.Module] = {}
         self.stack: list[ModuleFrame] = []
         self.events: list[tuple[BaseException, int]] = []
@@ -172,14 +171,21 @@ class Recorder(TorchFunctionMode):
         self._input_storages: dict[int, torch.Tensor] = {}
         self._saved_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _flops_since(self, start: tuple[int, int] | None) -> dict[str, Any]:
-        """``flops`` and ``flops_uncounted`` of a call that began at ``start`` (the counter's
-        running totals then: O(1) per call)."""
+    def _finished(
+        self,
+        fields: Fields,
+        start: tuple[int, int] | None,
+        outputs: tuple[TensorInfo, ...],
+        failed: bool,
+    ) -> Layer:
+        """The record of a call whose fields were filled when it began; ``start``: the FLOP
+        counter's running totals then (read again now: O(1) per call)."""
+        fields["outputs"], fields["failed"] = outputs, failed
         counter = self.counter
-        if counter is None or start is None:
-            return _NO_FLOPS
-        return {"flops": counter.total - start[0],
-                "flops_uncounted": counter.uncounted_calls - start[1]}  # fmt: skip
+        if counter is not None and start is not None:
+            fields["flops"] = counter.total - start[0]
+            fields["flops_uncounted"] = counter.uncounted_calls - start[1]
+        return record_of(Layer, fields)
 
     def _flops_now(self) -> tuple[int, int] | None:
         counter = self.counter
@@ -377,10 +383,9 @@ class Recorder(TorchFunctionMode):
         return [layer for layer in self.rows if layer is not None]
 
     def _close(self, index: int, outputs: tuple[TensorInfo, ...], failed: bool = False) -> None:
-        fields = self._open.pop(index)
-        start = fields.pop("flops_start")
-        fields.update(outputs=outputs, failed=failed, **self._flops_since(start))
-        self.rows[index] = record_of(Layer, fields)
+        """A module call returned (or raised, or never returned): its slot gets its record."""
+        fields, start = self._open.pop(index)
+        self.rows[index] = self._finished(fields, start, outputs, failed)
 
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -395,15 +400,15 @@ class Recorder(TorchFunctionMode):
         row = len(self.rows)
         shard = self.shards.get(id(module)) if self.shards else None
         self.rows.append(None)
-        self._open[row] = {
+        self._open[row] = ({
             "index": row, "path": path, "kind": "module", "type": type(module).__name__,
             "depth": len(stack), "inputs": inputs, "params": params, "trainable": trainable,
             "description": describe_module(module), "parent": parent.row if parent else None,
-            "source": None, "call": None, "flops_start": self._flops_now(),
+            "source": None, "call": None, "flops": None, "flops_uncounted": 0,
             "rank_params": shard.params if shard else None,
             "rank_param_bytes": shard.nbytes if shard else None,
             "param_placements": shard.placements if shard else (),
-        }  # fmt: skip
+        }, self._flops_now())  # fmt: skip
         self.module_at[row] = module
         stack.append(ModuleFrame(module, path, row, _records_functions(type(module))))
 
@@ -505,21 +510,15 @@ class Recorder(TorchFunctionMode):
         try:
             result = rewrite(func, args, kwargs) if rewrite else func(*args, **kwargs)
         except Exception as error:
-            index = len(self.rows)  # rows made inside the call (checkpoint(block, x)) come first
-            fields.update(index=index, outputs=(), failed=True)
-            if start is not None:
-                fields.update(self._flops_since(start))
-            self.rows.append(record_of(Layer, fields))
+            index = fields["index"] = len(self.rows)  # rows made inside the call come first
+            self.rows.append(self._finished(fields, start, (), failed=True))
             self.events.append((error, index))
             self._remember_values(index, (args, kwargs))
             raise
-        index = len(self.rows)  # the index it is added at
+        index = fields["index"] = len(self.rows)  # the index it is added at
         outputs = self.infos(result, made_by=index)
         if outputs:
-            fields.update(index=index, outputs=outputs, failed=False)
-            if start is not None:
-                fields.update(self._flops_since(start))
-            self.rows.append(record_of(Layer, fields))
+            self.rows.append(self._finished(fields, start, outputs, failed=False))
         return result
 
 
