@@ -177,21 +177,28 @@ def time_config(name: str, build: Callable[[], Built], rounds: int) -> dict[str,
         "fake floor": fake_floor_of(model, inputs),
         "explain dry": lambda: shapecheck.explain(model, *inputs, dry_run=True),
     }
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    for run in variants.values():
-        run()  # warm-up (a dry run's first call also makes its fakes)
-    order, rng = list(variants), random.Random(0)
+    rows = len(shapecheck.explain(model, *inputs).layers)
+    return {"times": interleaved(variants, rounds), "rows": rows}
+
+
+def interleaved(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each run per round: one warm-up each (a dry run's first call also makes its
+    fakes), then ``rounds`` rounds in one process, the order shuffled every round."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    order, rng = list(runs), random.Random(0)
     for _ in range(rounds):
         rng.shuffle(order)
-        for variant in order:
+        for name in order:
             start = time.perf_counter()
-            variants[variant]()
-            times[variant].append(time.perf_counter() - start)
-    rows = len(shapecheck.explain(model, *inputs).layers)
-    return {"times": times, "rows": rows}
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
-def _paired(times: dict[str, list[float]], top: str, bottom: str) -> float:
+def paired(times: dict[str, list[float]], top: str, bottom: str) -> float:
+    """Median over rounds of top/bottom measured in the same round."""
     return statistics.median(a / b for a, b in zip(times[top], times[bottom], strict=True))
 
 
@@ -238,9 +245,9 @@ def main() -> None:
         med = {k: statistics.median(v) for k, v in t.items()}
         above = (med["explain"] - med["floor"]) / rows * 1e6
         print(f"| {name} | {rows} | {med['floor'] * 1e3:.2f} | {med['explain'] * 1e3:.2f} | "
-              f"{_paired(t, 'explain', 'floor'):.2f}× | {above:.1f} | "
+              f"{paired(t, 'explain', 'floor'):.2f}× | {above:.1f} | "
               f"{med['fake floor'] * 1e3:.2f} | {med['explain dry'] * 1e3:.2f} | "
-              f"{_paired(t, 'explain dry', 'fake floor'):.2f}× |")  # fmt: skip
+              f"{paired(t, 'explain dry', 'fake floor'):.2f}× |")  # fmt: skip
     cold = cold_first_call(3 if options.quick else 7)
     print(f"\nfirst explain in a fresh process (import shapecheck + explain of the seed CNN, "
           f"torch already imported and warm): median {statistics.median(cold) * 1e3:.1f} ms "

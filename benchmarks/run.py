@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
 import statistics
 import subprocess
@@ -121,23 +120,7 @@ def time_config(name: str, variants: tuple[str, ...], rounds: int) -> dict[str, 
     """Interleaved rounds in one process, variant order shuffled each round; one warm-up each."""
     model, inputs = build(name)
     runs = {variant: runner(variant, model, inputs) for variant in variants}
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    order = list(variants)
-    rng = random.Random(0)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for variant in order:
-            start = time.perf_counter()
-            runs[variant]()
-            times[variant].append(time.perf_counter() - start)
-    return {"params": zoo.n_params(model), "times": times}
-
-
-def paired_ratio(times: dict[str, list[float]], top: str, bottom: str) -> float:
-    """Median over rounds of top/bottom measured in the same round."""
-    return statistics.median(a / b for a, b in zip(times[top], times[bottom], strict=True))
+    return {"params": zoo.n_params(model), "times": floor.interleaved(runs, rounds)}
 
 
 # -- peak memory, each variant in its own process -------------------------------------------------
@@ -284,7 +267,7 @@ def render_contracts(results: dict[str, dict[str, Any]]) -> list[str]:
     ]
     for name, result in results.items():
         times = result["times"]
-        ratio = paired_ratio(times, "contract", "dry_size")
+        ratio = floor.paired(times, "contract", "dry_size")
         kind, limit = CONTRACT_TARGETS[name]
         value = ratio if kind == "ratio" else 1000 * statistics.median(times["contract"])
         target = f"≤ {limit:g}×" if kind == "ratio" else f"≤ {limit:g} ms"
@@ -340,7 +323,7 @@ def render_times(results: dict[str, dict[str, Any]]) -> list[str]:
         cells = [_ms(statistics.median(times[v])) if v in times else "—" for v in shown]
         pairs = RATIOS
         cells += [
-            f"{paired_ratio(times, a, b):.2f}×" if a in times and b in times else "—"
+            f"{floor.paired(times, a, b):.2f}×" if a in times and b in times else "—"
             for a, b in pairs
         ]
         lines.append(f"| {name} | {result['params']:,} | " + " | ".join(cells) + " |")
