@@ -21,6 +21,7 @@ from torch.func import functional_call
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_map
 
+from ._params import is_uninitialized
 from ._paths import ModelWalk
 
 __all__ = ["DryRun", "available", "is_meta_model"]
@@ -104,7 +105,7 @@ class DryRun:
 
     def _fake(self, mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
         target = self.target
-        if isinstance(tensor, nn.parameter.UninitializedParameter):
+        if is_uninitialized(tensor):
             return tensor
         if target is not None and target.type == "meta":
             source = tensor.detach().to("meta")

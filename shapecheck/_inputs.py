@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._pytree import tree_map
 
 from ._errors import UsageError
@@ -92,13 +93,17 @@ _LEAVES = frozenset({
     torch.device, torch.Size, torch.layout, torch.memory_format,
 })  # fmt: skip
 
+#: Exact tensor types (a dry run's are fakes) that are one tensor and never a wrapper holding
+#: others (a DTensor): the hot paths take them without an ``isinstance`` walk.
+PLAIN_TENSORS = frozenset({torch.Tensor, nn.Parameter, FakeTensor})
+
 
 def call_tensors(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
     """``tensors_in((args, kwargs))``, with a fast path for the flat arguments of most calls."""
     found: list[torch.Tensor] = []
     for arg in (*args, *kwargs.values()) if kwargs else args:
         kind = type(arg)
-        if kind is torch.Tensor or kind is nn.Parameter:
+        if kind in PLAIN_TENSORS:
             found.append(arg)
         elif kind not in _LEAVES:
             _collect(arg, found, depth=2)  # the depth it has inside (args, kwargs)

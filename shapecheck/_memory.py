@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ._errors import UsageError
+from ._params import is_uninitialized
 from ._records import TrainingMemory
 from ._sharding import local, local_nbytes
 
@@ -105,13 +106,13 @@ def training_memory(model: nn.Module, saved: SavedTensors, optimizer: str) -> Tr
     """
     params = trainable = 0
     for p in model.parameters():
-        if isinstance(p, nn.parameter.UninitializedParameter):
+        if is_uninitialized(p):
             continue
         size = local_nbytes(p)
         params += size
         trainable += size if p.requires_grad else 0
     buffers = sum(b.numel() * b.element_size() for b in model.buffers()
-                  if not isinstance(b, nn.parameter.UninitializedBuffer))  # fmt: skip
+                  if not is_uninitialized(b))  # fmt: skip
     return TrainingMemory(
         optimizer=optimizer, params=params, buffers=buffers, grads=trainable,
         optimizer_state=OPTIMIZERS[optimizer] * trainable, saved=saved.nbytes,

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ._paths import ModelWalk, walk_of
 
-__all__ = ["ParamTotals", "param_totals", "tied_params"]
+__all__ = ["ParamTotals", "is_uninitialized", "param_totals", "tied_params"]
+
+
+def is_uninitialized(tensor: torch.Tensor) -> bool:
+    """True for a lazy module's parameter or buffer not made yet (the exact types first:
+    ``isinstance`` against Parameter's metaclass runs Python code)."""
+    return type(tensor) not in _MADE and isinstance(tensor, _LAZY)
+
+
+_MADE = frozenset({torch.Tensor, nn.Parameter})
+_LAZY = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)
 
 
 @dataclass(frozen=True)
@@ -25,13 +36,13 @@ def param_totals(model: nn.Module | ModelWalk) -> ParamTotals:
     total = trainable = 0
     by_dtype: dict[str, int] = {}
     for p in model.parameters():
-        if isinstance(p, nn.parameter.UninitializedParameter):
+        if is_uninitialized(p):
             continue
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
         name = str(p.dtype).removeprefix("torch.")
         by_dtype[name] = by_dtype.get(name, 0) + p.numel() * p.element_size()
-    buffers = [b for b in model.buffers() if not isinstance(b, nn.parameter.UninitializedBuffer)]
+    buffers = [b for b in model.buffers() if not is_uninitialized(b)]
     return ParamTotals(
         total, trainable, by_dtype,
         sum(b.numel() for b in buffers), sum(b.numel() * b.element_size() for b in buffers),
@@ -45,7 +56,7 @@ def tied_params(model: nn.Module | ModelWalk) -> tuple[tuple[str, str, int], ...
     shared: dict[tuple[str, str], int] = {}
     for path, module in walk_of(model).every:
         for p in module._parameters.values():
-            if p is None or isinstance(p, nn.parameter.UninitializedParameter):
+            if p is None or is_uninitialized(p):
                 continue
             first = owner.setdefault(id(p), path)
             if first != path:

@@ -19,7 +19,8 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 
 from ._describe import call_arguments, describe_module
-from ._inputs import call_tensors, tensors_in
+from ._inputs import PLAIN_TENSORS, call_tensors, tensors_in
+from ._params import is_uninitialized
 from ._paths import ModuleFrame, PathIndex
 from ._records import Layer, TensorInfo, record_of
 from ._sharding import ModuleShard, dtensor_type, sharded_view
@@ -55,7 +56,6 @@ _IN_PLACE_OPERATORS = frozenset({
 #: skip it (:meth:`Recorder.infos_of`); a DTensor's is amended with how it is sharded.
 Seen = tuple[Any, ...]
 _SHAPE, _GLOBAL_SHAPE, _PLACEMENTS, _MESH_SHAPE = 0, 7, 8, 9
-_PLAIN = (torch.Tensor, nn.Parameter)  # types that are never a DTensor
 
 #: dtype -> its name as the records write it ("float32"), filled on first sight
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
@@ -120,6 +120,18 @@ def function_name(func: Callable[..., Any]) -> str:
 Fields = dict[str, Any]
 
 
+class _Known:
+    """A tensor object the trace has seen: a weak reference to it (a live tensor tells itself
+    from a dead one whose id was reused), its key, and its last record with the dtype and
+    device objects it was made from (reused while the tensor is unchanged)."""
+
+    __slots__ = ("key", "last", "ref")
+
+    def __init__(self, ref: weakref.ref[torch.Tensor], key: int) -> None:
+        self.ref, self.key = ref, key
+        self.last: tuple[TensorInfo, torch.dtype, torch.device] | None = None
+
+
 class Recorder(TorchFunctionMode):
     """Collects rows from module hooks and, as a TorchFunctionMode, from functional calls; and
     where each tensor came from."""
@@ -138,7 +150,6 @@ class Recorder(TorchFunctionMode):
         self.device_alias = device_alias
         self._devices: dict[torch.device, str] = {}  # torch.device -> its name in the records
         self._records: dict[Seen, TensorInfo] = {}  # sharded models: by what was seen
-        self._last: dict[int, tuple[TensorInfo, torch.dtype, torch.device]] = {}  # by key
         self.rewrites = rewrites
         self.shards = shards or {}
         # None unless torch.distributed.tensor is imported: then no tensor can be a DTensor,
@@ -159,10 +170,10 @@ class Recorder(TorchFunctionMode):
         self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
         self.read: set[int] = set()  # ids of the tensors functional calls were given
         self.counter: FlopCounter | None = None
-        # provenance: id(tensor) -> (weak reference, key); key -> the row that made it, or
+        # provenance: id(tensor) -> its key (and last record); key -> the row that made it, or
         # the model's positional argument it is. A weak reference tells a live tensor from a
         # dead one whose id was reused, and holds no memory.
-        self._keys: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
+        self._keys: dict[int, _Known] = {}
         self._made_by: dict[int, int] = {}
         self._position: dict[int, int] = {}
         self._next_key = 0
@@ -193,18 +204,19 @@ class Recorder(TorchFunctionMode):
 
     def _key(self, tensor: torch.Tensor) -> int:
         known = self._keys.get(id(tensor))
-        if known is not None and known[0]() is tensor:
-            return known[1]
-        key = self._next_key
+        return known.key if known is not None and known.ref() is tensor else self._known(tensor).key
+
+    def _known(self, tensor: torch.Tensor) -> _Known:
+        """A tensor object seen for the first time (its id may be a dead one's): a new key."""
+        known = self._keys[id(tensor)] = _Known(weakref.ref(tensor), self._next_key)
         self._next_key += 1
-        self._keys[id(tensor)] = (weakref.ref(tensor), key)
-        return key
+        return known
 
     def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
         """The records of the tensors in ``obj``, as they are now; ``made_by`` as for
         :meth:`infos_of`."""
         with _ours():
-            if type(obj) in _PLAIN:  # most calls return one plain tensor (never a DTensor)
+            if type(obj) in PLAIN_TENSORS:  # most calls return one plain tensor (never a DTensor)
                 return (self._info(obj, made_by),)  # type: ignore[arg-type]
             return self.infos_of(tensors_in(obj), made_by)
 
@@ -225,24 +237,32 @@ class Recorder(TorchFunctionMode):
         # torch.distributed.tensor is imported (transformers does): only a subclass can be a
         # DTensor, whose record says how it is sharded
         record, sharded, dtensor = self._record, self._sharded_seen, self.dtensor
-        return tuple([self._info(t, made_by) if type(t) in _PLAIN or not isinstance(t, dtensor)
+        plain = PLAIN_TENSORS
+        return tuple([self._info(t, made_by) if type(t) in plain or not isinstance(t, dtensor)
                       else record(sharded(t, made_by, raw, i))
                       for i, t in enumerate(tensors)])  # fmt: skip
 
     def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
-        key = self._key(t)
-        made = self._made_by
-        if made_by is not None:
-            made.setdefault(key, made_by)
-        maker, shape, dtype, device = made.get(key), t.shape, t.dtype, t.device
-        last = self._last.get(key)
+        known = self._keys.get(id(t))
+        if known is None or known.ref() is not t:
+            known = self._known(t)
+        key, made = known.key, self._made_by
+        maker = made.get(key) if made_by is None else made.setdefault(key, made_by)
+        shape, dtype, device, grad = t.shape, t.dtype, t.device, t.requires_grad
+        last = known.last
         # what can change of one tensor object: its shape and requires_grad (in place), its
         # maker (set once), and through ``.data =`` even its dtype and device
-        if last is not None and _same(last, shape, dtype, device, t.requires_grad, maker):
-            return last[0]
-        info = self._new_record((shape, dtype, device, t.requires_grad, key, maker,
-                                 self._position.get(key), None, None, None))  # fmt: skip
-        self._last[key] = (info, dtype, device)
+        if last is not None:
+            info, last_dtype, last_device = last
+            try:
+                if (info.shape == shape and info.requires_grad == grad and info.made_by == maker
+                        and last_dtype is dtype and last_device == device):  # fmt: skip
+                    return info
+            except Exception:  # an unbacked SymInt's comparison asks for a value fakes lack
+                pass
+        info = self._new_record((shape, dtype, device, grad, key, maker, self._position.get(key),
+                                 None, None, None))  # fmt: skip
+        known.last = (info, dtype, device)
         return info
 
     def seen(
@@ -259,8 +279,8 @@ class Recorder(TorchFunctionMode):
         """
         if self.dtensor is None:
             return tuple([self._seen(t, made_by) for t in tensors])
-        sharded = self._sharded_seen
-        return tuple([self._seen(t, made_by) if type(t) in _PLAIN else sharded(t, made_by, raw, i)
+        sharded, plain = self._sharded_seen, PLAIN_TENSORS
+        return tuple([self._seen(t, made_by) if type(t) in plain else sharded(t, made_by, raw, i)
                       for i, t in enumerate(tensors)])  # fmt: skip
 
     def _sharded_seen(
@@ -522,25 +542,6 @@ class Recorder(TorchFunctionMode):
         return result
 
 
-def _same(
-    last: tuple[TensorInfo, torch.dtype, torch.device],
-    shape: torch.Size,
-    dtype: torch.dtype,
-    device: torch.device,
-    requires_grad: bool,
-    maker: int | None,
-) -> bool:
-    """True when a tensor is as its last record has it (a symbolic size that cannot be
-    compared: False, and it gets a new record)."""
-    info, last_dtype, last_device = last
-    try:
-        return bool(info.shape == shape and info.requires_grad == requires_grad
-                    and info.made_by == maker and last_dtype is dtype
-                    and last_device == device)  # fmt: skip
-    except Exception:  # an unbacked SymInt's comparison asks for a value fake tensors lack
-        return False
-
-
 def _records_functions(cls: type) -> bool:
     """Functional calls inside this class's forward are rows: not inside torch's own layers."""
     return not cls.__module__.startswith("torch.")
@@ -625,10 +626,10 @@ def owned_counts(modules: list[nn.Module]) -> dict[int, tuple[int, int]]:
     for module in modules:
         total = trainable = 0
         for p in module._parameters.values():
-            if isinstance(p, nn.parameter.UninitializedParameter):
-                break
             if p is None:
                 continue
+            if is_uninitialized(p):
+                break
             total += p.numel()
             trainable += p.numel() if p.requires_grad else 0
         else:

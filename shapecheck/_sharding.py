@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._params import is_uninitialized
 from ._paths import ModelWalk
 from ._records import Shape
 
@@ -179,7 +180,7 @@ def module_shards(modules: Iterable[nn.Module]) -> dict[int, ModuleShard]:
         params = nbytes = 0
         placements = []
         for name, p in module._parameters.items():
-            if p is None or isinstance(p, nn.parameter.UninitializedParameter):
+            if p is None or is_uninitialized(p):
                 continue
             shard = local(p)
             params += shard.numel()
@@ -192,11 +193,7 @@ def module_shards(modules: Iterable[nn.Module]) -> dict[int, ModuleShard]:
 
 def rank_param_bytes(model: nn.Module | ModelWalk) -> int:
     """Bytes of this rank's shards of the unique parameters."""
-    return sum(
-        local_nbytes(p)
-        for p in model.parameters()
-        if not isinstance(p, nn.parameter.UninitializedParameter)
-    )
+    return sum(local_nbytes(p) for p in model.parameters() if not is_uninitialized(p))
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,8 @@ class _Restore:
 
     def __call__(self) -> None:
         for module, training in self.flags:
-            module.training = training
+            if module.training is not training:  # nn.Module's __setattr__ costs ~1 µs
+                module.training = training
         with torch.no_grad():
             for live, saved, version in self.buffers:
                 # only what the forward changed: copying back bumps the version counter, which
