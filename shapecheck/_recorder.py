@@ -22,7 +22,7 @@ from ._describe import call_arguments, describe_module
 from ._inputs import PLAIN_TENSORS, call_tensors, tensors_in
 from ._params import is_uninitialized
 from ._paths import ModuleFrame, PathIndex
-from ._records import Layer, TensorInfo, record_of
+from ._records import Layer, Shape, TensorInfo, record_of
 from ._sharding import ModuleShard, dtensor_type, sharded_view
 from ._source import caller_source
 
@@ -260,8 +260,7 @@ class Recorder(TorchFunctionMode):
                     return info
             except Exception:  # an unbacked SymInt's comparison asks for a value fakes lack
                 pass
-        info = self._new_record((shape, dtype, device, grad, key, maker, self._position.get(key),
-                                 None, None, None))  # fmt: skip
+        info = self._new_record(shape, dtype, device, grad, key, maker, self._position.get(key))
         known.last = (info, dtype, device)
         return info
 
@@ -311,16 +310,27 @@ class Recorder(TorchFunctionMode):
         try:
             found = self._records.get(seen)
         except TypeError:  # a symbolic size (SymInt) is no dict key: a record of its own
-            return self._new_record(seen)
+            return self._new_record(*seen)
         if found is None:
-            found = self._records[seen] = self._new_record(seen)
+            found = self._records[seen] = self._new_record(*seen)
         return found
 
-    def _new_record(self, seen: Seen) -> TensorInfo:
-        shape, dtype, device, requires_grad, key, made_by, model_input, whole, placements, mesh \
-            = seen  # fmt: skip
+    def _new_record(
+        self,
+        shape: torch.Size,
+        dtype: torch.dtype,
+        device: torch.device,
+        requires_grad: bool,
+        key: int,
+        made_by: int | None,
+        model_input: int | None,
+        whole: Shape | None = None,
+        placements: tuple[str, ...] | None = None,
+        mesh: Shape | None = None,
+    ) -> TensorInfo:
+        """The record of a tensor as seen (the fields of :data:`Seen`, in its order)."""
         return record_of(TensorInfo, {
-            "shape": tuple(shape), "dtype": _dtype_name(dtype),
+            "shape": tuple(shape), "dtype": _DTYPE_NAMES.get(dtype) or _dtype_name(dtype),
             "device": self._devices.get(device) or self._device_name(device),
             "requires_grad": requires_grad, "key": key, "made_by": made_by,
             "model_input": model_input, "global_shape": whole, "placements": placements,

@@ -50,11 +50,13 @@ def _where(frame: FrameType, lineno: int | None = None) -> str:
 def caller_source(skip: int = 2) -> str | None:
     """``file:line`` of the nearest calling frame that is the user's code, not torch's."""
     frame: FrameType | None = sys._getframe(skip)
+    known = _USER_FILES  # looked up inline: this runs for every frame of every recorded call
     for _ in range(40):  # bounded: the user's frame is a few levels up at most
         if frame is None:
             return None
         code = frame.f_code
-        if _is_user_file(code.co_filename):
+        mine = known.get(code.co_filename)
+        if mine or (mine is None and _is_user_file(code.co_filename)):
             return _site(frame, code)
         frame = frame.f_back
     return None
