@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from contextlib import ExitStack
 
 import torch
@@ -12,6 +11,7 @@ from ._changes import edits_of
 from ._errors import ShapecheckError, UsageError
 from ._fixes import View, applied
 from ._inputs import require_module, unwrapped
+from ._lazy import copy_model
 from ._records import Diagnosis
 
 __all__ = ["apply_fix", "fingerprint"]
@@ -73,7 +73,7 @@ def apply_fix(diagnosis: Diagnosis, model: nn.Module) -> nn.Module:
                     f"the '{step.rule}' fix for layer '{step.path}' does not fit this "
                     f"{type(model).__name__} ({error}); pass the model that explain() was given."
                 ) from error
-        return copy.deepcopy(view.model)
+        return copy_model(view.model)
 
 
 def _check_keepable(diagnosis: Diagnosis) -> None:

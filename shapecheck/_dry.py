@@ -21,7 +21,7 @@ from torch.func import functional_call
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_map
 
-from ._params import is_uninitialized
+from ._lazy import is_uninitialized
 from ._paths import ModelWalk
 
 __all__ = ["DryRun", "available", "is_meta_model"]
@@ -105,8 +105,6 @@ class DryRun:
 
     def _fake(self, mode: FakeTensorMode, tensor: torch.Tensor) -> torch.Tensor:
         target = self.target
-        if is_uninitialized(tensor):
-            return tensor
         if target is not None and target.type == "meta":
             source = tensor.detach().to("meta")
             return mode.from_tensor(source.requires_grad_(tensor.requires_grad))
@@ -150,7 +148,9 @@ class _Fakes:
 
     def fake_of(self, tensor: torch.Tensor, make: _Make, mode: FakeTensorMode) -> torch.Tensor:
         """The fake made for ``tensor`` last time, else ``make(mode, tensor)`` (kept for next
-        time)."""
+        time). A lazy module's tensor not made yet stands for itself (it has no shape to copy)."""
+        if is_uninitialized(tensor):
+            return tensor
         known = self.fakes.get(id(tensor))
         if known is not None and known[0]() is tensor:
             return known[2]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -13,6 +12,7 @@ from ._arguments import check_arguments
 from ._dry import available, is_meta_model
 from ._errors import UsageError
 from ._inputs import make_inputs, parse_device, require_module, unwrapped
+from ._lazy import copy_model
 from ._loss import loss_hooks, loss_module
 from ._memory import check_optimizer, training_memory
 from ._params import param_totals, tied_params
@@ -185,4 +185,4 @@ def _traceable(walk: ModelWalk) -> ModelWalk:
         isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()
         for m in walk.modules()
     )
-    return ModelWalk(copy.deepcopy(walk.root)) if lazy else walk
+    return ModelWalk(copy_model(walk.root)) if lazy else walk

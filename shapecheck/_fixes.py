@@ -40,6 +40,7 @@ from ._changes import (
     Together,
 )
 from ._inputs import is_compiled
+from ._lazy import copy_model
 from ._recorder import Rewrite
 from ._shapes import projection
 
@@ -338,7 +339,7 @@ def _edit_target(fix: EditTarget, view: View) -> Iterator[View]:
 @_interprets(FixKind.CONVERT_MODEL)
 @contextmanager
 def _convert(fix: ConvertModel, view: View) -> Iterator[View]:
-    model = copy.deepcopy(view.model)  # the model itself stays as it is
+    model = copy_model(view.model)  # the model itself stays as it is
     if fix.device is not None:
         model = _moved(model, torch.device(fix.device))
     if fix.dtype is not None:
@@ -369,10 +370,10 @@ def _register(fix: RegisterModules, view: View) -> Iterator[View]:
         owner._modules.pop(fix.name, None)
         if isinstance(old, dict):
             new: nn.Module = nn.ModuleDict(
-                {k: _moved(copy.deepcopy(m), device) for k, m in old.items()}
+                {k: _moved(copy_model(m), device) for k, m in old.items()}
             )
         else:
-            new = nn.ModuleList([_moved(copy.deepcopy(m), device) for m in old])
+            new = nn.ModuleList([_moved(copy_model(m), device) for m in old])
         setattr(owner, fix.name, new)
         yield view
     finally:

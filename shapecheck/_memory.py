@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ._errors import UsageError
-from ._params import is_uninitialized
+from ._lazy import is_uninitialized
 from ._records import TrainingMemory
 from ._sharding import local, local_nbytes
 

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
+from ._lazy import is_uninitialized
 from ._paths import ModelWalk, walk_of
 
-__all__ = ["ParamTotals", "is_uninitialized", "param_totals", "tied_params"]
-
-
-def is_uninitialized(tensor: torch.Tensor) -> bool:
-    """True for a lazy module's parameter or buffer not made yet (the exact types first:
-    ``isinstance`` against Parameter's metaclass runs Python code)."""
-    return type(tensor) not in _MADE and isinstance(tensor, _LAZY)
-
-
-_MADE = frozenset({torch.Tensor, nn.Parameter})
-_LAZY = (nn.parameter.UninitializedParameter, nn.parameter.UninitializedBuffer)
+__all__ = ["ParamTotals", "param_totals", "tied_params"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from ._describe import call_arguments, describe_module
 from ._inputs import PLAIN_TENSORS, call_tensors, tensors_in
-from ._params import is_uninitialized
+from ._lazy import is_uninitialized
 from ._paths import ModuleFrame, PathIndex
 from ._records import Layer, Shape, TensorInfo, record_of
 from ._sharding import ModuleShard, dtensor_type, sharded_view

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._params import is_uninitialized
+from ._lazy import is_uninitialized
 from ._paths import ModelWalk
 from ._records import Shape
 

@@ -25,6 +25,7 @@ from torch._subclasses.fake_tensor import (
 
 from ._dry import DryRun, available, is_meta_model
 from ._inputs import realise
+from ._lazy import is_uninitialized
 from ._memory import SavedTensors
 from ._paths import ModelWalk, PathIndex
 from ._recorder import Recorder, Rewrite, hooks, owned_counts
@@ -110,7 +111,8 @@ class _Restore:
 
     def __init__(self, modules: list[nn.Module], buffers: bool, depth: int) -> None:
         self.flags = [(m, m.training) for m in modules]
-        live = [b for m in modules for b in m._buffers.values() if b is not None] if buffers else []
+        live = [b for m in modules for b in m._buffers.values()
+                if b is not None and not is_uninitialized(b)] if buffers else []  # fmt: skip
         #: each buffer, a copy of it and its version, to put back what the forward changed
         self.buffers = [(b, b.detach().clone(), b._version) for b in live]
         self.cpu_rng = torch.get_rng_state()

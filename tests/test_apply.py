@@ -124,8 +124,10 @@ def test_the_structured_fix_stays_out_of_the_json() -> None:
     assert data["diagnoses"][0]["fix"] == report.diagnoses[0].fix
 
 
-def test_a_lazy_model_gets_its_fix_kept() -> None:
-    model = nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.LazyLinear(5), nn.Linear(4, 2))
+@pytest.mark.parametrize("norm", [nn.ReLU, nn.LazyBatchNorm2d], ids=["relu", "lazy-batchnorm"])
+def test_a_lazy_model_gets_its_fix_kept(norm: type[nn.Module]) -> None:
+    # a LazyBatchNorm's running statistics are buffers torch itself cannot deep-copy yet
+    model = nn.Sequential(nn.LazyConv2d(4, 3), norm(), nn.LazyLinear(5), nn.Linear(4, 2))
     x = torch.randn(2, 3, 8, 8)
     first = shapecheck.explain(model, x).diagnoses[0]
     assert first.verified

@@ -38,6 +38,7 @@ def test_lazy_model_is_not_modified(dry_run: bool):
     x = torch.randn(2, 3, 6, 6)
     report = shapecheck.explain(model, x, dry_run=dry_run)
     assert report.ok, report
+    assert report.fallback is None  # a dry run stays on fake tensors
     assert report.output_shapes == [(2, 5)]
     assert isinstance(model[2], nn.LazyLinear)
     assert model[2].has_uninitialized_params()
@@ -49,6 +50,23 @@ def test_lazy_model_is_not_modified(dry_run: bool):
     assert report.total_params == unique_params(ran) == (3 * 9 * 4 + 4) + (4 * 4 * 4 * 5 + 5)
     owned = [layer.params for layer in report.layers if layer.kind == "module"]
     assert owned == [0, 3 * 9 * 4 + 4, 0, 4 * 4 * 4 * 5 + 5]
+
+
+def test_lazy_batchnorm_model_is_explained_and_not_modified(dry_run: bool):
+    # LazyBatchNorm's running statistics are UninitializedBuffers, which torch cannot deep-copy
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LazyBatchNorm2d(), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(2, 3, 6, 6)
+    report = shapecheck.explain(model, x, dry_run=dry_run)
+    assert report.ok, report
+    assert report.fallback is None
+    assert [layer.outputs[0].shape for layer in report.layers] == [
+        (2, 2), (2, 4, 4, 4), (2, 4, 4, 4), (2, 64), (2, 2)]  # fmt: skip
+    assert model[1].has_uninitialized_params()
+    assert isinstance(model[1].running_mean, nn.parameter.UninitializedBuffer)
+    ran = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LazyBatchNorm2d(), nn.Flatten(), nn.LazyLinear(2))
+    ran(x)
+    assert report.total_params == unique_params(ran)
+    assert report.buffer_count == sum(b.numel() for b in ran.buffers()) == 4 + 4 + 1
 
 
 # -- paths ----------------------------------------------------------------------------------------
