@@ -21,6 +21,7 @@ from torch.func import functional_call
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_map
 
+from ._inputs import FLAT
 from ._lazy import is_uninitialized
 from ._paths import ModelWalk
 
@@ -205,15 +206,11 @@ def _fake_inputs(inputs: Any, fake: Callable[[torch.Tensor], torch.Tensor]) -> A
     """``inputs`` (the ``(args, kwargs)`` pair) with every tensor replaced by ``fake(tensor)``;
     flat arguments without the cost of a pytree walk."""
     args, kwargs = inputs
-    if all(type(a) in _FLAT for a in args) and all(type(v) in _FLAT for v in kwargs.values()):
+    if all(type(a) in FLAT for a in args) and all(type(v) in FLAT for v in kwargs.values()):
         swap = [fake(a) if isinstance(a, torch.Tensor) else a for a in args]
         return tuple(swap), {k: fake(v) if isinstance(v, torch.Tensor) else v
                              for k, v in kwargs.items()}  # fmt: skip
     return tree_map(lambda v: fake(v) if isinstance(v, torch.Tensor) else v, inputs)
-
-
-#: Argument types that hold no tensor inside, or are one.
-_FLAT = frozenset({torch.Tensor, nn.Parameter, int, float, bool, str, type(None)})
 
 
 def _outside_fake(initialize: Callable[..., None]) -> Callable[..., None]:

@@ -96,6 +96,8 @@ _LEAVES = frozenset({
 #: Exact tensor types (a dry run's are fakes) that are one tensor and never a wrapper holding
 #: others (a DTensor): the hot paths take them without an ``isinstance`` walk.
 PLAIN_TENSORS = frozenset({torch.Tensor, nn.Parameter, FakeTensor})
+#: Argument types that are one tensor or hold none: no pytree walk needed to find tensors.
+FLAT = PLAIN_TENSORS | _LEAVES
 
 
 def call_tensors(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:

@@ -203,13 +203,15 @@ class Recorder(TorchFunctionMode):
         return None if counter is None else (counter.total, counter.uncounted_calls)
 
     def _key(self, tensor: torch.Tensor) -> int:
-        known = self._keys.get(id(tensor))
-        return known.key if known is not None and known.ref() is tensor else self._known(tensor).key
+        return self._known(tensor).key
 
     def _known(self, tensor: torch.Tensor) -> _Known:
-        """A tensor object seen for the first time (its id may be a dead one's): a new key."""
-        known = self._keys[id(tensor)] = _Known(weakref.ref(tensor), self._next_key)
-        self._next_key += 1
+        """What the trace knows of this tensor object; one seen for the first time (its id may
+        be a dead one's) gets a new key."""
+        known = self._keys.get(id(tensor))
+        if known is None or known.ref() is not tensor:
+            known = self._keys[id(tensor)] = _Known(weakref.ref(tensor), self._next_key)
+            self._next_key += 1
         return known
 
     def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
@@ -243,9 +245,7 @@ class Recorder(TorchFunctionMode):
                       for i, t in enumerate(tensors)])  # fmt: skip
 
     def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
-        known = self._keys.get(id(t))
-        if known is None or known.ref() is not t:
-            known = self._known(t)
+        known = self._known(t)
         key, made = known.key, self._made_by
         maker = made.get(key) if made_by is None else made.setdefault(key, made_by)
         shape, dtype, device, grad = t.shape, t.dtype, t.device, t.requires_grad
