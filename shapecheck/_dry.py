@@ -21,7 +21,7 @@ from torch.func import functional_call
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_map
 
-from ._inputs import FLAT
+from ._inputs import FLAT, version_of
 from ._lazy import is_uninitialized
 from ._paths import ModelWalk
 
@@ -32,7 +32,7 @@ _FAKE_LOGGER = logging.getLogger("torch._subclasses.fake_tensor")
 
 def is_meta_model(model: nn.Module | ModelWalk) -> bool:
     """True when the model's weights live on the meta device (built without memory)."""
-    return any(t.device.type == "meta" for t in (*model.parameters(), *model.buffers()))
+    return any(t.is_meta for t in model.parameters()) or any(t.is_meta for t in model.buffers())
 
 
 def available(device: torch.device) -> bool:
@@ -117,9 +117,11 @@ class DryRun:
 
 
 def _signature(tensor: torch.Tensor) -> tuple[Any, ...]:
-    """What a fake copies of a tensor; a change in any of it needs a new fake."""
-    return (getattr(tensor, "_version", 0), tuple(tensor.shape), tensor.stride(), tensor.dtype,
-            tensor.device, tensor.requires_grad)  # fmt: skip
+    """What a fake copies of a tensor; a change in any of it needs a new fake. An inference
+    tensor keeps no version to tell an in-place write by: its fake is never reused."""
+    version = version_of(tensor)
+    return (object() if version is None else version, tensor.shape, tensor.stride(),
+            tensor.dtype, tensor.device, tensor.requires_grad)  # fmt: skip
 
 
 _Kept = tuple[weakref.ref[torch.Tensor], tuple[Any, ...], torch.Tensor]

@@ -24,9 +24,16 @@ __all__ = [
     "require_module",
     "tensors_in",
     "unwrapped",
+    "version_of",
 ]  # fmt: skip
 
 _PASS_THROUGH = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def version_of(tensor: torch.Tensor) -> int | None:
+    """The tensor's version counter, which every in-place write bumps; None for an inference
+    tensor (made under ``torch.inference_mode()``), which keeps none."""
+    return None if tensor.is_inference() else getattr(tensor, "_version", 0)
 
 
 def require_module(model: object) -> nn.Module:

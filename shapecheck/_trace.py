@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import (
 )
 
 from ._dry import DryRun, available, is_meta_model
-from ._inputs import realise
+from ._inputs import realise, version_of
 from ._lazy import is_uninitialized
 from ._memory import SavedTensors
 from ._paths import ModelWalk, PathIndex
@@ -114,7 +114,7 @@ class _Restore:
         live = [b for m in modules for b in m._buffers.values()
                 if b is not None and not is_uninitialized(b)] if buffers else []  # fmt: skip
         #: each buffer, a copy of it and its version, to put back what the forward changed
-        self.buffers = [(b, b.detach().clone(), b._version) for b in live]
+        self.buffers = [(b, b.detach().clone(), version_of(b)) for b in live]
         self.cpu_rng = torch.get_rng_state()
         cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
         self.cuda_rng = torch.cuda.get_rng_state_all() if cuda_ready else None
@@ -133,7 +133,12 @@ class _Restore:
                 # only what the forward changed: copying back bumps the version counter, which
                 # tells every cache keyed on it (a dry run's fake weights) the buffer is new.
                 # A write through ``.data`` leaves the version as it was: compared by value.
-                if _changed(live, saved, version):
+                if not _changed(live, saved, version):
+                    continue
+                if version is None:  # an inference tensor takes writes in inference mode only
+                    with torch.inference_mode():
+                        live.copy_(saved)
+                else:
                     live.copy_(saved)
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
@@ -142,9 +147,10 @@ class _Restore:
         sys.setrecursionlimit(self.limit)
 
 
-def _changed(live: torch.Tensor, saved: torch.Tensor, version: int) -> bool:
-    """True unless ``live`` still holds what ``saved`` copied, at the same version."""
-    if live._version != version or type(live) is not torch.Tensor:  # a DTensor: always
+def _changed(live: torch.Tensor, saved: torch.Tensor, version: int | None) -> bool:
+    """True unless ``live`` still holds what ``saved`` copied, at the same version (an
+    inference tensor has none: compared by value)."""
+    if version_of(live) != version or type(live) is not torch.Tensor:  # a DTensor: always
         return True
     try:
         return not torch.equal(live, saved)

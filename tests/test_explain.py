@@ -69,6 +69,28 @@ def test_lazy_batchnorm_model_is_explained_and_not_modified(dry_run: bool):
     assert report.buffer_count == sum(b.numel() for b in ran.buffers()) == 4 + 4 + 1
 
 
+def test_model_built_under_inference_mode_is_explained_and_not_modified(dry_run: bool):
+    # inference tensors keep no version counter: reading one (buffer snapshot, fake cache) raised
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU()).eval()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    for _ in range(2):  # the second time, nothing kept from the first may be stale
+        report = shapecheck.explain(model, torch.randn(5, 4), dry_run=dry_run)
+        assert report.ok, report
+        assert report.fallback is None
+        assert [layer.outputs[0].shape for layer in report.layers] == [(5, 3)] * 4
+    assert not model.training
+    assert all(torch.equal(model.state_dict()[name], t) for name, t in before.items())
+    # in train mode BatchNorm writes its inference-tensor statistics: torch refuses, as here
+    model.train()
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor") as raised:
+        model(torch.randn(5, 4))
+    failed = shapecheck.explain(model, torch.randn(5, 4), dry_run=dry_run)
+    assert failed.failure is not None
+    assert failed.failure.path == "1"
+    assert str(failed.failure.exception) == str(raised.value)
+
+
 # -- paths ----------------------------------------------------------------------------------------
 
 
