@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from ._describe import call_arguments, describe_module
 from ._inputs import PLAIN_TENSORS, call_tensors, tensors_in
 from ._lazy import is_uninitialized
-from ._paths import ModuleFrame, PathIndex
+from ._paths import Frame, LeafFrame, ModuleFrame, PathIndex
 from ._records import Layer, Shape, TensorInfo, record_of
 from ._sharding import ModuleShard, dtensor_type, sharded_view
 from ._source import caller_source
@@ -51,9 +51,9 @@ _IN_PLACE_OPERATORS = frozenset({
 })  # fmt: skip
 
 
-#: What the recorder sees of a tensor: TensorInfo's fields in its order, the dtype and device
-#: still torch's objects; equal ones give one record (:meth:`Recorder.records`). Plain tensors
-#: skip it (:meth:`Recorder.infos_of`); a DTensor's is amended with how it is sharded.
+#: What the recorder keeps of a tensor while the forward runs: TensorInfo's fields in its
+#: order, the dtype and device still torch's objects; equal ones give one record once the
+#: forward is over (:meth:`Recorder.records`). A DTensor's is amended with how it is sharded.
 Seen = tuple[Any, ...]
 _SHAPE, _GLOBAL_SHAPE, _PLACEMENTS, _MESH_SHAPE = 0, 7, 8, 9
 
@@ -116,20 +116,14 @@ def function_name(func: Callable[..., Any]) -> str:
     return name
 
 
-#: A layer's fields while its call runs: made into the :class:`Layer` record when it returns.
-Fields = dict[str, Any]
-
-
-class _Known:
-    """A tensor object the trace has seen: a weak reference to it (a live tensor tells itself
-    from a dead one whose id was reused), its key, and its last record with the dtype and
-    device objects it was made from (reused while the tensor is unchanged)."""
-
-    __slots__ = ("key", "last", "ref")
-
-    def __init__(self, ref: weakref.ref[torch.Tensor], key: int) -> None:
-        self.ref, self.key = ref, key
-        self.last: tuple[TensorInfo, torch.dtype, torch.device] | None = None
+#: A row while the forward runs: plain data, made into its :class:`Layer` record once the
+#: forward is over (:meth:`Recorder.layers`), so the hooks between a model's kernels do only
+#: what cannot wait. Its fields, in this order (the tensors as :data:`Seen`):
+#: ``[module (None for a function), type, path, depth, parent, inputs, outputs, failed,
+#: flops, flops_uncounted, source, call]``; a module row's outputs, failed flag and FLOPs are
+#: filled in when its call returns.
+Pending = list[Any]
+_OUTPUTS, _FAILED, _FLOPS, _UNCOUNTED = 6, 7, 8, 9
 
 
 class Recorder(TorchFunctionMode):
@@ -149,7 +143,7 @@ class Recorder(TorchFunctionMode):
         self.owned = owned
         self.device_alias = device_alias
         self._devices: dict[torch.device, str] = {}  # torch.device -> its name in the records
-        self._records: dict[Seen, TensorInfo] = {}  # sharded models: by what was seen
+        self._records: dict[Seen, TensorInfo] = {}  # equal sights of a tensor: one record
         self.rewrites = rewrites
         self.shards = shards or {}
         # None unless torch.distributed.tensor is imported: then no tensor can be a DTensor,
@@ -160,20 +154,20 @@ class Recorder(TorchFunctionMode):
         self._raw: tuple[torch.Tensor, ...] | None = None
         self._sharded_out: dict[int, tuple[Seen, ...]] = {}
         self.quiet = False  # inside the hooks of ParallelStyles and FSDP: their ops are no rows
-        #: the layers in call order; a running module's slot is None until its call returns
-        #: (its fields wait in ``_open``)
-        self.rows: list[Layer | None] = []
-        self._open: dict[int, tuple[Fields, tuple[int, int] | None]] = {}  # and FLOPs at start
+        #: the rows in call order, a module's from when its call begins
+        self.rows: list[Pending] = []
+        #: module rows whose call has not returned, with the FLOP counter's totals when it began
+        self._open: dict[int, tuple[int, int] | None] = {}
         self.module_at: dict[int, nn.Module] = {}
-        self.stack: list[ModuleFrame] = []
+        self.stack: list[Frame] = []
         self.events: list[tuple[BaseException, int]] = []
         self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
         self.read: set[int] = set()  # ids of the tensors functional calls were given
         self.counter: FlopCounter | None = None
-        # provenance: id(tensor) -> its key (and last record); key -> the row that made it, or
-        # the model's positional argument it is. A weak reference tells a live tensor from a
-        # dead one whose id was reused, and holds no memory.
-        self._keys: dict[int, _Known] = {}
+        # provenance: id(tensor) -> (a weak reference to it, its key); key -> the row that made
+        # it, or the model's positional argument it is. The weak reference tells a live tensor
+        # from a dead one whose id was reused, and holds no memory.
+        self._keys: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
         self._made_by: dict[int, int] = {}
         self._position: dict[int, int] = {}
         self._next_key = 0
@@ -182,87 +176,41 @@ class Recorder(TorchFunctionMode):
         self._input_storages: dict[int, torch.Tensor] = {}
         self._saved_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _finished(
-        self,
-        fields: Fields,
-        start: tuple[int, int] | None,
-        outputs: tuple[TensorInfo, ...],
-        failed: bool,
-    ) -> Layer:
-        """The record of a call whose fields were filled when it began; ``start``: the FLOP
-        counter's running totals then (read again now: O(1) per call)."""
-        fields["outputs"], fields["failed"] = outputs, failed
-        counter = self.counter
-        if counter is not None and start is not None:
-            fields["flops"] = counter.total - start[0]
-            fields["flops_uncounted"] = counter.uncounted_calls - start[1]
-        return record_of(Layer, fields)
-
     def _flops_now(self) -> tuple[int, int] | None:
         counter = self.counter
         return None if counter is None else (counter.total, counter.uncounted_calls)
 
-    def _key(self, tensor: torch.Tensor) -> int:
-        return self._known(tensor).key
+    def _flops_since(self, start: tuple[int, int] | None) -> tuple[int | None, int]:
+        """FLOPs counted, and calls left uncounted, since the counter's totals were ``start``."""
+        counter = self.counter
+        if counter is None or start is None:
+            return None, 0
+        return counter.total - start[0], counter.uncounted_calls - start[1]
 
-    def _known(self, tensor: torch.Tensor) -> _Known:
-        """What the trace knows of this tensor object; one seen for the first time (its id may
-        be a dead one's) gets a new key."""
+    def _key(self, tensor: torch.Tensor) -> int:
+        """The key of this tensor object; one seen for the first time (its id may be a dead
+        one's) gets a new key."""
         known = self._keys.get(id(tensor))
-        if known is None or known.ref() is not tensor:
-            known = self._keys[id(tensor)] = _Known(weakref.ref(tensor), self._next_key)
-            self._next_key += 1
-        return known
+        if known is not None and known[0]() is tensor:
+            return known[1]
+        key = self._next_key
+        self._next_key = key + 1
+        self._keys[id(tensor)] = (weakref.ref(tensor), key)
+        return key
 
     def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
         """The records of the tensors in ``obj``, as they are now; ``made_by`` as for
-        :meth:`infos_of`."""
+        :meth:`seen`."""
+        return self.records(self.seen_in(obj, made_by))
+
+    def seen_in(
+        self, obj: object, made_by: int | None = None, raw: Sequence[torch.Tensor] | None = None
+    ) -> tuple[Seen, ...]:
+        """:meth:`seen` of the tensors in ``obj``."""
         with _ours():
             if type(obj) in PLAIN_TENSORS:  # most calls return one plain tensor (never a DTensor)
-                return (self._info(obj, made_by),)  # type: ignore[arg-type]
-            return self.infos_of(tensors_in(obj), made_by)
-
-    def infos_of(
-        self,
-        tensors: list[torch.Tensor],
-        made_by: int | None = None,
-        raw: Sequence[torch.Tensor] | None = None,
-    ) -> tuple[TensorInfo, ...]:
-        """The records of ``tensors``; ``made_by``: the row that returned them (first maker
-        wins); ``raw`` as for :meth:`seen`. A tensor seen again unchanged (the output of one
-        call is the input of the next) gives the same record, looked up by its key.
-
-        Call with torch-function dispatch off (:func:`_ours`), as :meth:`seen`.
-        """
-        if self.dtensor is None:
-            return tuple([self._info(t, made_by) for t in tensors])
-        # torch.distributed.tensor is imported (transformers does): only a subclass can be a
-        # DTensor, whose record says how it is sharded
-        record, sharded, dtensor = self._record, self._sharded_seen, self.dtensor
-        plain = PLAIN_TENSORS
-        return tuple([self._info(t, made_by) if type(t) in plain or not isinstance(t, dtensor)
-                      else record(sharded(t, made_by, raw, i))
-                      for i, t in enumerate(tensors)])  # fmt: skip
-
-    def _info(self, t: torch.Tensor, made_by: int | None) -> TensorInfo:
-        known = self._known(t)
-        key, made = known.key, self._made_by
-        maker = made.get(key) if made_by is None else made.setdefault(key, made_by)
-        shape, dtype, device, grad = t.shape, t.dtype, t.device, t.requires_grad
-        last = known.last
-        # what can change of one tensor object: its shape and requires_grad (in place), its
-        # maker (set once), and through ``.data =`` even its dtype and device
-        if last is not None:
-            info, last_dtype, last_device = last
-            try:
-                if (info.shape == shape and info.requires_grad == grad and info.made_by == maker
-                        and last_dtype is dtype and last_device == device):  # fmt: skip
-                    return info
-            except Exception:  # an unbacked SymInt's comparison asks for a value fakes lack
-                pass
-        info = self._new_record(shape, dtype, device, grad, key, maker, self._position.get(key))
-        known.last = (info, dtype, device)
-        return info
+                return (self._seen(obj, made_by),)  # type: ignore[arg-type]
+            return self.seen(tensors_in(obj), made_by, raw)
 
     def seen(
         self,
@@ -270,14 +218,17 @@ class Recorder(TorchFunctionMode):
         made_by: int | None = None,
         raw: Sequence[torch.Tensor] | None = None,
     ) -> tuple[Seen, ...]:
-        """What to keep of ``tensors``; ``made_by``: the row that returned them (first maker
-        wins). ``raw``: the same arguments before ParallelStyle hooks wrapped them as DTensors.
+        """What to keep of ``tensors`` as they are now; ``made_by``: the row that returned them
+        (first maker wins). ``raw``: the same arguments before ParallelStyle hooks wrapped them
+        as DTensors.
 
         Call with torch-function dispatch off (:func:`_ours`): the hooks run under the function
         mode, and reading ``.shape``/``.dtype`` through it is a hot spot.
         """
         if self.dtensor is None:
             return tuple([self._seen(t, made_by) for t in tensors])
+        # torch.distributed.tensor is imported (transformers does): only a subclass can be a
+        # DTensor, whose record says how it is sharded
         sharded, plain = self._sharded_seen, PLAIN_TENSORS
         return tuple([self._seen(t, made_by) if type(t) in plain else sharded(t, made_by, raw, i)
                       for i, t in enumerate(tensors)])  # fmt: skip
@@ -399,46 +350,63 @@ class Recorder(TorchFunctionMode):
             ):
                 self.value_ranges[row] = (int(first.min()), int(first.max()))
 
-    def _seen_in(
-        self, obj: object, made_by: int | None = None, raw: Sequence[torch.Tensor] | None = None
-    ) -> tuple[Seen, ...]:
-        with _ours():
-            return self.seen(tensors_in(obj), made_by, raw)
-
     def layers(self) -> list[Layer]:
         """The rows as records, in call order (a module whose call never returned, as it was
-        when it began)."""
+        when it began); made once, after the forward, from the rows as they were recorded."""
         for index in list(self._open):
             self._close(index, ())
-        return [layer for layer in self.rows if layer is not None]
+        described: dict[int, str] = {}  # a module called many times is described once
+        return [self._layer(index, row, described) for index, row in enumerate(self.rows)]
 
-    def _close(self, index: int, outputs: tuple[TensorInfo, ...], failed: bool = False) -> None:
-        """A module call returned (or raised, or never returned): its slot gets its record."""
-        fields, start = self._open.pop(index)
-        self.rows[index] = self._finished(fields, start, outputs, failed)
+    def _layer(self, index: int, row: Pending, described: dict[int, str]) -> Layer:
+        module, kind, path, depth, parent, inputs, outputs, failed, flops, uncounted, source, \
+            call = row  # fmt: skip
+        record = self._record
+        inputs = tuple([record(s) for s in inputs])
+        outputs = tuple([record(s) for s in outputs])
+        if module is None:
+            return record_of(Layer, {
+                "index": index, "path": path, "kind": "function", "type": kind, "depth": depth,
+                "inputs": inputs, "outputs": outputs, "params": 0, "trainable": 0,
+                "description": "", "parent": parent, "failed": failed, "source": source,
+                "call": call, "flops": flops, "flops_uncounted": uncounted, "rank_params": None,
+                "rank_param_bytes": None, "param_placements": (),
+            })  # fmt: skip
+        owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
+        params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
+        description = described.get(id(module))
+        if description is None:
+            description = described[id(module)] = describe_module(module)
+        shard = self.shards.get(id(module)) if self.shards else None
+        return record_of(Layer, {
+            "index": index, "path": path, "kind": "module", "type": kind, "depth": depth,
+            "inputs": inputs, "outputs": outputs, "params": params, "trainable": trainable,
+            "description": description, "parent": parent, "failed": failed, "source": None,
+            "call": None, "flops": flops, "flops_uncounted": uncounted,
+            "rank_params": shard.params if shard else None,
+            "rank_param_bytes": shard.nbytes if shard else None,
+            "param_placements": shard.placements if shard else (),
+        })  # fmt: skip
+
+    def _close(self, index: int, outputs: tuple[Seen, ...], failed: bool = False) -> None:
+        """A module call returned (or raised, or never returned): its row gets its outputs."""
+        row = self.rows[index]
+        row[_OUTPUTS], row[_FAILED] = outputs, failed
+        row[_FLOPS], row[_UNCOUNTED] = self._flops_since(self._open.pop(index))
 
     # -- module hooks -------------------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         raw, self._raw, self.quiet = self._raw, None, False
         stack = self.stack
         parent = stack[-1] if stack else None
-        owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
-        params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
         with _ours():
-            inputs = self.infos_of(call_tensors(args, kwargs), raw=raw)
+            inputs = self.seen(call_tensors(args, kwargs), raw=raw)
         path = self.paths.path_of(module, parent)
         row = len(self.rows)
-        shard = self.shards.get(id(module)) if self.shards else None
-        self.rows.append(None)
-        self._open[row] = ({
-            "index": row, "path": path, "kind": "module", "type": type(module).__name__,
-            "depth": len(stack), "inputs": inputs, "params": params, "trainable": trainable,
-            "description": describe_module(module), "parent": parent.row if parent else None,
-            "source": None, "call": None, "flops": None, "flops_uncounted": 0,
-            "rank_params": shard.params if shard else None,
-            "rank_param_bytes": shard.nbytes if shard else None,
-            "param_placements": shard.placements if shard else (),
-        }, self._flops_now())  # fmt: skip
+        self.rows.append([module, type(module).__name__, path, len(stack),
+                          parent.row if parent else None, inputs, (), False, None, 0, None,
+                          None])  # fmt: skip
+        self._open[row] = self._flops_now()
         self.module_at[row] = module
         stack.append(ModuleFrame(module, path, row, _records_functions(type(module))))
 
@@ -452,22 +420,63 @@ class Recorder(TorchFunctionMode):
             else self._frame_of(module)  # fmt: skip
         if position is None:
             return
-        frame = stack[position]
-        for inner in stack[position + 1 :]:  # calls that never returned: as they began
-            self._close(inner.row, ())
-        del stack[position:]
+        row = stack[position].row
+        assert row is not None  # a module with these hooks has a ModuleFrame
+        self._unwind(position)
         error = sys.exc_info()[1] if output is None else None
         if error is not None:
-            self._close(frame.row, (), failed=True)
-            self.events.append((error, frame.row))
-            self._remember_values(frame.row, args)
+            self._close(row, (), failed=True)
+            self.events.append((error, row))
+            self._remember_values(row, args)
             return
-        sharded = self._sharded_out.pop(frame.row, None) if self._sharded_out else None
-        if sharded is None:
-            self._close(frame.row, self.infos(output, made_by=frame.row))
-        else:
-            outputs = _with_global(self._seen_in(output, made_by=frame.row), sharded)
-            self._close(frame.row, self.records(outputs))
+        outputs = self.seen_in(output, made_by=row)
+        sharded = self._sharded_out.pop(row, None) if self._sharded_out else None
+        self._close(row, outputs if sharded is None else _with_global(outputs, sharded))
+
+    def _unwind(self, position: int) -> None:
+        """Take the calls from ``position`` up off the stack; the ones above it never returned
+        (a call inside raised past their hooks): their rows stay as they began."""
+        stack = self.stack
+        for inner in stack[position + 1 :]:
+            if inner.row is not None:
+                self._close(inner.row, ())
+        del stack[position:]
+
+    # -- leaf modules of torch itself: one row each, made when the call returns ----------------
+    def leaf_pre_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Marks the call as running (calls made inside it are not rows) and reads its inputs;
+        its row waits for the call to return (no call inside it can be a row, so the row's
+        index stays in order)."""
+        with _ours():
+            inputs = self.seen(call_tensors(args, kwargs))
+        self.stack.append(LeafFrame(module, self._flops_now(), inputs))
+
+    def leaf_post_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        """The row of a leaf module's call."""
+        stack = self.stack
+        position = len(stack) - 1 if stack and stack[-1].module is module \
+            else self._frame_of(module)  # fmt: skip
+        if position is None:
+            return
+        frame = stack[position]
+        assert type(frame) is LeafFrame  # a module with these hooks has a LeafFrame
+        self._unwind(position)
+        parent = stack[-1] if stack else None
+        row = len(self.rows)
+        error = sys.exc_info()[1] if output is None else None
+        outputs = self.seen_in(output, made_by=row) if error is None else ()
+        flops, uncounted = self._flops_since(frame.start)
+        self.rows.append([module, type(module).__name__, self.paths.path_of(module, parent),
+                          len(stack), parent.row if parent else None, frame.inputs, outputs,
+                          error is not None, flops, uncounted, None, None])  # fmt: skip
+        self.module_at[row] = module
+        if error is not None:
+            self.events.append((error, row))
+            self._remember_values(row, args)
 
     # -- sharded models: what the ParallelStyle and FSDP hooks change -------------------------
     def early_pre_hook(
@@ -486,8 +495,9 @@ class Recorder(TorchFunctionMode):
         if output is None:
             return
         position = self._frame_of(module)
-        if position is not None:
-            self._sharded_out[self.stack[position].row] = self._seen_in(output)
+        row = None if position is None else self.stack[position].row
+        if row is not None:  # (a sharded model's modules all have the full hooks)
+            self._sharded_out[row] = self.seen_in(output)
             self.quiet = True
 
     def _frame_of(self, module: nn.Module) -> int | None:
@@ -524,31 +534,29 @@ class Recorder(TorchFunctionMode):
             else None  # fmt: skip
         with _ours():
             tensors = call_tensors(args, kwargs)
-            given = self.infos_of(tensors)
+            given = self.seen(tensors)
             # weights read directly, F.linear(x, self.w): require grad or are Parameters
             # (type() is: Parameter's own isinstance check is slow)
             self.read.update([id(t) for t in tensors
                               if t.requires_grad or type(t) is nn.Parameter])  # fmt: skip
         start = self._flops_now()
-        fields: Fields = {
-            "path": frame.path, "kind": "function", "type": name,
-            "depth": len(stack), "inputs": given, "params": 0, "trainable": 0,
-            "description": "", "parent": frame.row, "source": source,
-            "call": call_arguments(args, kwargs, func), "flops": None, "flops_uncounted": 0,
-            "rank_params": None, "rank_param_bytes": None, "param_placements": (),
-        }  # fmt: skip
+        row = [None, name, frame.path, len(stack), frame.row, given, (), False, None, 0, source,
+               call_arguments(args, kwargs, func)]  # fmt: skip
         try:
             result = rewrite(func, args, kwargs) if rewrite else func(*args, **kwargs)
         except Exception as error:
-            index = fields["index"] = len(self.rows)  # rows made inside the call come first
-            self.rows.append(self._finished(fields, start, (), failed=True))
+            index = len(self.rows)  # rows made inside the call come first
+            row[_FAILED] = True
+            row[_FLOPS], row[_UNCOUNTED] = self._flops_since(start)
+            self.rows.append(row)
             self.events.append((error, index))
             self._remember_values(index, (args, kwargs))
             raise
-        index = fields["index"] = len(self.rows)  # the index it is added at
-        outputs = self.infos(result, made_by=index)
+        outputs = self.seen_in(result, made_by=len(self.rows))  # the index it is added at
         if outputs:
-            self.rows.append(self._finished(fields, start, outputs, failed=False))
+            row[_OUTPUTS] = outputs
+            row[_FLOPS], row[_UNCOUNTED] = self._flops_since(start)
+            self.rows.append(row)
         return result
 
 
@@ -603,9 +611,10 @@ def _flowing(
 
 @contextmanager
 def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -> Iterator[None]:
-    """Both hooks on every module; a TorchScript submodule cannot take hooks (its calls then
-    show as the ops of the module that calls it). On a sharded model also ``early_*`` hooks
-    that run before the ParallelStyle and FSDP hooks (registered first, they would run after)."""
+    """Both hooks on every module (a leaf module of torch's own, its cheaper ``leaf_*`` pair);
+    a TorchScript submodule cannot take hooks (its calls then show as the ops of the module
+    that calls it). On a sharded model also ``early_*`` hooks that run before the
+    ParallelStyle and FSDP hooks (registered first, they would run after)."""
     handles = []
     try:
         for module in modules:
@@ -616,9 +625,11 @@ def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -
                     recorder.early_pre_hook, with_kwargs=True, prepend=True))  # fmt: skip
                 handles.append(module.register_forward_hook(
                     recorder.early_post_hook, with_kwargs=True, prepend=True))  # fmt: skip
-            handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
-            handles.append(module.register_forward_hook(
-                recorder.post_hook, with_kwargs=True, always_call=True))  # fmt: skip
+            leaf = not sharded and not module._modules and _records_functions(type(module)) is False
+            pre, post = (recorder.leaf_pre_hook, recorder.leaf_post_hook) if leaf \
+                else (recorder.pre_hook, recorder.post_hook)  # fmt: skip
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
         yield
     finally:
         for handle in handles:

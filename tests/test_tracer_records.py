@@ -240,6 +240,6 @@ def test_a_symbolic_size_is_recorded_too() -> None:
     assert str(record.shape[0]).startswith("u")
     assert record.shape[1] == 3
     assert (record.dtype, record.device) == ("float32", "cpu")
-    first, again = recorder.infos_of([fake, fake])  # the fast path, and its second sight
+    first, again = recorder.infos([fake, fake])  # two sights of it, each its own record
     assert str(first.shape[0]).startswith("u")
     assert again.shape[1:] == (3,)
