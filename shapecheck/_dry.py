@@ -67,13 +67,7 @@ class DryRun:
         named = _named_state(walk)
         cached = _cached(model, self.target, [t for _, t in named])
         mode = cached.mode
-        fakes: dict[int, torch.Tensor] = {}  # one fake per tensor: tied weights stay tied
-        for _, t in named:
-            if id(t) not in fakes:
-                fakes[id(t)] = cached.fake_of(t, self._fake, mode)
-        state = {name: fakes[id(t)] for name, t in named}
-        #: id of each fake -> id of the weight it stands for (what the trace saw is the fake)
-        self.originals = {id(fake): real for real, fake in fakes.items()}
+        state, self.originals = cached.swap(named, self._fake)
         fake_args, fake_kwargs = _fake_inputs(
             (args, kwargs), lambda v: cached.input_of(v, self._fake_input, mode)
         )
@@ -140,6 +134,9 @@ class _Fakes:
         self.fakes: dict[int, _Kept] = {}
         #: input id -> (the input, its signature, its fake, the fake's signature when made)
         self.inputs: OrderedDict[int, tuple[_Kept, tuple[Any, ...]]] = OrderedDict()
+        #: the last :meth:`swap`: (each slot's name and tensor id, the state, the originals)
+        self._swap: tuple[tuple[tuple[str, int], ...], dict[str, torch.Tensor],
+                          dict[int, int]] | None = None  # fmt: skip
 
     def unchanged(self, tensors: list[torch.Tensor]) -> bool:
         """True when every tensor has its fake here, made from the tensor as it is now."""
@@ -148,6 +145,26 @@ class _Fakes:
             if known is None or known[0]() is not tensor or known[1] != _signature(tensor):
                 return not self.fakes  # a first dry run fills an empty cache
         return True
+
+    def swap(
+        self, named: list[tuple[str, torch.Tensor]], make: _Make
+    ) -> tuple[dict[str, torch.Tensor], dict[int, int]]:
+        """The state to call the model with (each slot's name -> its fake; one fake per
+        tensor, so tied weights stay tied), and the id of each fake -> the id of the weight it
+        stands for (what the trace saw is the fake). The same as last time while the model's
+        slots hold the same tensors (``unchanged`` said their fakes still hold)."""
+        slots = tuple([(name, id(t)) for name, t in named])
+        last = self._swap
+        if last is not None and last[0] == slots:
+            return dict(last[1]), last[2]
+        fakes: dict[int, torch.Tensor] = {}
+        for _, t in named:
+            if id(t) not in fakes:
+                fakes[id(t)] = self.fake_of(t, make, self.mode)
+        state = {name: fakes[id(t)] for name, t in named}
+        originals = {id(fake): real for real, fake in fakes.items()}
+        self._swap = (slots, state, originals)
+        return dict(state), originals
 
     def fake_of(self, tensor: torch.Tensor, make: _Make, mode: FakeTensorMode) -> torch.Tensor:
         """The fake made for ``tensor`` last time, else ``make(mode, tensor)`` (kept for next
