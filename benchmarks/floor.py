@@ -6,13 +6,16 @@ Floor = a forward with no-op pre and post hooks on every module and a no-op Torc
 (what shapecheck's recorder hooks into). Fake floor = the same under a FakeTensorMode, the
 weights already fake (a dry run's least cost, once its fakes are kept). Ratios are paired:
 the median over interleaved rounds of (a / b) measured in the same round. Also: the time per
-recorded row above the floor, and the first explain in a fresh process (cold, imports
-included, torch already imported). Prints markdown for benchmarks/RESULTS.md.
+recorded row above the floor (all of explain's cost over its rows); the cost of one module
+call and of one functional op above the floor, apart from the fixed cost (the slope between
+two sizes of a series made of one kind of call); and the first explain in a fresh process
+(cold, imports included, torch already imported). Prints markdown for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import statistics
@@ -202,6 +205,46 @@ def paired(times: dict[str, list[float]], top: str, bottom: str) -> float:
     return statistics.median(a / b for a, b in zip(times[top], times[bottom], strict=True))
 
 
+class _Ops(nn.Module):
+    """A forward of ``n`` functional ops (``torch.tanh``): a row each, and one module row."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.n):
+            x = torch.tanh(x)
+        return x
+
+
+#: series of one kind of call, at two sizes: what explain costs per call above the floor
+SERIES: dict[str, tuple[Callable[[int], Built], tuple[int, int]]] = {
+    "module calls (Linear+ReLU blocks)": (zoo.chain, (32, 256)),
+    "functional ops (torch.tanh in a forward)": (lambda n: (_Ops(n), (torch.randn(1, 8),)),
+                                                 (64, 512)),
+}  # fmt: skip
+
+
+def per_call(build: Callable[[int], Built], sizes: tuple[int, int], rounds: int) -> dict[str, Any]:
+    """µs per call above the floor (real) and above the fake floor (dry): the slope of the
+    overhead between the two sizes; and the fixed part (the overhead left at no calls)."""
+    overhead: dict[str, list[float]] = {"explain": [], "explain dry": []}
+    calls = []
+    for n in sizes:
+        timed = time_config(f"{n}", functools.partial(build, n), rounds)
+        t = timed["times"]
+        calls.append(timed["rows"])
+        med = {k: statistics.median(v) for k, v in t.items()}
+        overhead["explain"].append(med["explain"] - med["floor"])
+        overhead["explain dry"].append(med["explain dry"] - med["fake floor"])
+    found: dict[str, Any] = {"rows": calls}
+    for kind, (small, large) in overhead.items():
+        slope = (large - small) / (calls[1] - calls[0])
+        found[kind] = (slope * 1e6, (small - slope * calls[0]) * 1e3)
+    return found
+
+
 _COLD = """
 import time, torch
 from shapecheck.demo import seed_model_fixed
@@ -248,6 +291,15 @@ def main() -> None:
               f"{paired(t, 'explain', 'floor'):.2f}× | {above:.1f} | "
               f"{med['fake floor'] * 1e3:.2f} | {med['explain dry'] * 1e3:.2f} | "
               f"{paired(t, 'explain dry', 'fake floor'):.2f}× |")  # fmt: skip
+    print("\n| series (rows at the two sizes) | µs per call above the floor | fixed ms "
+          "| dry: µs per call above the fake floor | dry: fixed ms |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for name, (build_n, sizes) in SERIES.items():
+        print(f"timing {name} ...", file=sys.stderr)
+        found = per_call(build_n, sizes, 3 if options.quick else max(5, options.rounds // 2))
+        (real, fixed), (dry, dry_fixed) = found["explain"], found["explain dry"]
+        print(f"| {name} ({found['rows'][0]}, {found['rows'][1]}) | {real:.1f} | {fixed:.2f} | "
+              f"{dry:.1f} | {dry_fixed:.2f} |")  # fmt: skip
     cold = cold_first_call(3 if options.quick else 7)
     print(f"\nfirst explain in a fresh process (import shapecheck + explain of the seed CNN, "
           f"torch already imported and warm): median {statistics.median(cold) * 1e3:.1f} ms "

@@ -116,6 +116,12 @@ def function_name(func: Callable[..., Any]) -> str:
     return name
 
 
+#: What the trace knows of one tensor object: ``[a weak reference to it, its key, the row that
+#: made it, the model's positional argument it is]``. The weak reference tells a live tensor
+#: from a dead one whose id was reused, and holds no memory; the key tells tensor objects apart.
+_Entry = list[Any]
+_KEY, _MADE_BY, _POSITION = 1, 2, 3
+
 #: A row while the forward runs: plain data, made into its :class:`Layer` record once the
 #: forward is over (:meth:`Recorder.layers`), so the hooks between a model's kernels do only
 #: what cannot wait. Its fields, in this order (the tensors as :data:`Seen`):
@@ -164,12 +170,8 @@ class Recorder(TorchFunctionMode):
         self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
         self.read: set[int] = set()  # ids of the tensors functional calls were given
         self.counter: FlopCounter | None = None
-        # provenance: id(tensor) -> (a weak reference to it, its key); key -> the row that made
-        # it, or the model's positional argument it is. The weak reference tells a live tensor
-        # from a dead one whose id was reused, and holds no memory.
-        self._keys: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
-        self._made_by: dict[int, int] = {}
-        self._position: dict[int, int] = {}
+        # provenance: id(tensor) -> what the trace knows of it (_Entry)
+        self._keys: dict[int, _Entry] = {}
         self._next_key = 0
         # the caller's input tensors, by storage, on a real run; a copy of each one the forward
         # writes into in place, to put back after the run
@@ -187,16 +189,14 @@ class Recorder(TorchFunctionMode):
             return None, 0
         return counter.total - start[0], counter.uncounted_calls - start[1]
 
-    def _key(self, tensor: torch.Tensor) -> int:
-        """The key of this tensor object; one seen for the first time (its id may be a dead
-        one's) gets a new key."""
-        known = self._keys.get(id(tensor))
-        if known is not None and known[0]() is tensor:
-            return known[1]
-        key = self._next_key
-        self._next_key = key + 1
-        self._keys[id(tensor)] = (weakref.ref(tensor), key)
-        return key
+    def _entry(self, tensor: torch.Tensor) -> _Entry:
+        """What the trace knows of this tensor object; one seen for the first time (its id may
+        be a dead one's) gets a new key."""
+        entry = self._keys.get(id(tensor))
+        if entry is None or entry[0]() is not tensor:
+            entry = self._keys[id(tensor)] = [weakref.ref(tensor), self._next_key, None, None]
+            self._next_key += 1
+        return entry
 
     def infos(self, obj: object, made_by: int | None = None) -> tuple[TensorInfo, ...]:
         """The records of the tensors in ``obj``, as they are now; ``made_by`` as for
@@ -244,14 +244,18 @@ class Recorder(TorchFunctionMode):
         return (*self._seen(_unwrapped(shard, raw, at), made_by)[:7], whole, placements, mesh)
 
     def _seen(self, t: torch.Tensor, made_by: int | None) -> Seen:
-        key = self._key(t)
-        made = self._made_by
-        if made_by is not None:
-            made.setdefault(key, made_by)
-        # the shape as torch.Size (a tuple, equal and hashing alike): made a plain tuple once
-        # per record (_new_record), not once per sight
-        return (t.shape, t.dtype, t.device, t.requires_grad, key, made.get(key),
-                self._position.get(key), None, None, None)  # fmt: skip
+        entry = self._keys.get(id(t))  # _entry inline: this runs for every tensor of every row
+        if entry is None or entry[0]() is not t:
+            entry = self._keys[id(t)] = [weakref.ref(t), self._next_key, made_by, None]
+            self._next_key += 1
+        elif made_by is not None and entry[_MADE_BY] is None:  # the first maker wins
+            entry[_MADE_BY] = made_by
+        # a fake's device read without the Python property in front of it; the shape kept as
+        # torch.Size (a tuple, equal and hashing alike): made a plain tuple once per record
+        # (_new_record), not once per sight
+        device = t.fake_device if type(t) is FakeTensor else t.device
+        return (t.shape, t.dtype, device, t.requires_grad, entry[_KEY], entry[_MADE_BY],
+                entry[_POSITION], None, None, None)  # fmt: skip
 
     def records(self, seen: tuple[Seen, ...]) -> tuple[TensorInfo, ...]:
         """TensorInfo records of what :meth:`seen` kept; equal ones are one record."""
@@ -299,7 +303,9 @@ class Recorder(TorchFunctionMode):
         with _ours():
             for position, arg in enumerate(args):
                 if isinstance(arg, torch.Tensor):
-                    self._position.setdefault(self._key(arg), position)
+                    entry = self._entry(arg)
+                    if entry[_POSITION] is None:
+                        entry[_POSITION] = position
             for t in tensors_in((args, kwargs)):
                 if not isinstance(t, FakeTensor) and not t.is_meta and t.layout == torch.strided:
                     self._input_storages.setdefault(_storage_key(t), t)
@@ -327,11 +333,10 @@ class Recorder(TorchFunctionMode):
         if not isinstance(result, torch.Tensor) or not isinstance(source, torch.Tensor):
             return
         with _ours():
-            key, origin = self._key(result), self._key(source)
-            if origin in self._made_by:
-                self._made_by.setdefault(key, self._made_by[origin])
-            if origin in self._position:
-                self._position.setdefault(key, self._position[origin])
+            entry, origin = self._entry(result), self._entry(source)
+            for field in (_MADE_BY, _POSITION):
+                if entry[field] is None:
+                    entry[field] = origin[field]
 
     def _remember_values(self, row: int, args: Any) -> None:
         """The id range of a failing call's first integer input, on real tensors only."""
@@ -539,7 +544,8 @@ class Recorder(TorchFunctionMode):
             # (type() is: Parameter's own isinstance check is slow)
             self.read.update([id(t) for t in tensors
                               if t.requires_grad or type(t) is nn.Parameter])  # fmt: skip
-        start = self._flops_now()
+        counting = self.counter is not None
+        start = self._flops_now() if counting else None
         row = [None, name, frame.path, len(stack), frame.row, given, (), False, None, 0, source,
                call_arguments(args, kwargs, func)]  # fmt: skip
         try:
@@ -555,7 +561,8 @@ class Recorder(TorchFunctionMode):
         outputs = self.seen_in(result, made_by=len(self.rows))  # the index it is added at
         if outputs:
             row[_OUTPUTS] = outputs
-            row[_FLOPS], row[_UNCOUNTED] = self._flops_since(start)
+            if counting:
+                row[_FLOPS], row[_UNCOUNTED] = self._flops_since(start)
             self.rows.append(row)
         return result
 
