@@ -52,10 +52,10 @@ _IN_PLACE_OPERATORS = frozenset({
 
 
 #: What the recorder keeps of a tensor while the forward runs: TensorInfo's fields in its
-#: order, the dtype and device still torch's objects; equal ones give one record once the
-#: forward is over (:meth:`Recorder.records`). A DTensor's is amended with how it is sharded.
+#: order, the dtype and device still torch's objects; made a record once the forward is over
+#: (:meth:`Recorder.records`). A DTensor's is amended with how it is sharded.
 Seen = tuple[Any, ...]
-_SHAPE, _GLOBAL_SHAPE, _PLACEMENTS, _MESH_SHAPE = 0, 7, 8, 9
+_SHAPE, _SEEN_KEY, _GLOBAL_SHAPE, _PLACEMENTS, _MESH_SHAPE = 0, 4, 7, 8, 9
 
 #: dtype -> its name as the records write it ("float32"), filled on first sight
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
@@ -149,7 +149,8 @@ class Recorder(TorchFunctionMode):
         self.owned = owned
         self.device_alias = device_alias
         self._devices: dict[torch.device, str] = {}  # torch.device -> its name in the records
-        self._records: dict[Seen, TensorInfo] = {}  # equal sights of a tensor: one record
+        #: key -> a tensor's last sight and its record: equal sights of it, one record
+        self._records: dict[int, tuple[Seen, TensorInfo]] = {}
         self.rewrites = rewrites
         self.shards = shards or {}
         # None unless torch.distributed.tensor is imported: then no tensor can be a DTensor,
@@ -258,17 +259,21 @@ class Recorder(TorchFunctionMode):
                 entry[_POSITION], None, None, None)  # fmt: skip
 
     def records(self, seen: tuple[Seen, ...]) -> tuple[TensorInfo, ...]:
-        """TensorInfo records of what :meth:`seen` kept; equal ones are one record."""
+        """TensorInfo records of what :meth:`seen` kept; a tensor seen again unchanged (the
+        output of one call is the input of the next) gives the same record."""
         return tuple([self._record(s) for s in seen])
 
     def _record(self, seen: Seen) -> TensorInfo:
-        try:
-            found = self._records.get(seen)
-        except TypeError:  # a symbolic size (SymInt) is no dict key: a record of its own
-            return self._new_record(*seen)
-        if found is None:
-            found = self._records[seen] = self._new_record(*seen)
-        return found
+        last = self._records.get(seen[_SEEN_KEY])  # the tensor's last record, and its sight
+        if last is not None:
+            try:
+                if last[0] == seen:
+                    return last[1]
+            except Exception:  # an unbacked SymInt's comparison asks for a value fakes lack
+                pass
+        record = self._new_record(*seen)
+        self._records[seen[_SEEN_KEY]] = (seen, record)
+        return record
 
     def _new_record(
         self,
