@@ -369,14 +369,14 @@ class Recorder(TorchFunctionMode):
         return [self._layer(index, row, described) for index, row in enumerate(self.rows)]
 
     def _layer(self, index: int, row: Pending, described: dict[int, str]) -> Layer:
-        module, kind, path, depth, parent, inputs, outputs, failed, flops, uncounted, source, \
+        module, type_name, path, depth, parent, inputs, outputs, failed, flops, uncounted, source, \
             call = row  # fmt: skip
         record = self._record
         inputs = tuple([record(s) for s in inputs])
         outputs = tuple([record(s) for s in outputs])
         if module is None:
             return record_of(Layer, {
-                "index": index, "path": path, "kind": "function", "type": kind, "depth": depth,
+                "index": index, "path": path, "kind": "function", "type": type_name, "depth": depth,
                 "inputs": inputs, "outputs": outputs, "params": 0, "trainable": 0,
                 "description": "", "parent": parent, "failed": failed, "source": source,
                 "call": call, "flops": flops, "flops_uncounted": uncounted, "rank_params": None,
@@ -389,7 +389,7 @@ class Recorder(TorchFunctionMode):
             description = described[id(module)] = describe_module(module)
         shard = self.shards.get(id(module)) if self.shards else None
         return record_of(Layer, {
-            "index": index, "path": path, "kind": "module", "type": kind, "depth": depth,
+            "index": index, "path": path, "kind": "module", "type": type_name, "depth": depth,
             "inputs": inputs, "outputs": outputs, "params": params, "trainable": trainable,
             "description": description, "parent": parent, "failed": failed, "source": None,
             "call": None, "flops": flops, "flops_uncounted": uncounted,
