@@ -21,7 +21,7 @@ from torch.func import functional_call
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.utils._pytree import tree_map
 
-from ._inputs import FLAT, version_of
+from ._inputs import FLAT, layout_of, version_of
 from ._lazy import is_uninitialized
 from ._paths import ModelWalk
 
@@ -132,6 +132,8 @@ class _Fakes:
     def __init__(self) -> None:
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.fakes: dict[int, _Kept] = {}
+        #: ``[fake, its version when last checked, its layout when made]`` of each fake
+        self.layouts: list[list[Any]] = []
         #: input id -> (the input, its signature, its fake, the fake's signature when made)
         self.inputs: OrderedDict[int, tuple[_Kept, tuple[Any, ...]]] = OrderedDict()
         #: the last :meth:`swap`: (each slot's name and tensor id, the state, the originals)
@@ -139,11 +141,27 @@ class _Fakes:
                           dict[int, int]] | None = None  # fmt: skip
 
     def unchanged(self, tensors: list[torch.Tensor]) -> bool:
-        """True when every tensor has its fake here, made from the tensor as it is now."""
+        """True when every tensor has its fake here, made from the tensor as it is now, and
+        no forward since has changed the fake."""
         for tensor in tensors:
             known = self.fakes.get(id(tensor))
             if known is None or known[0]() is not tensor or known[1] != _signature(tensor):
                 return not self.fakes  # a first dry run fills an empty cache
+        return self._fakes_as_made()
+
+    def _fakes_as_made(self) -> bool:
+        """False when a forward changed a kept fake's layout in place (``self.buf.unsqueeze_(0)``)
+        or gave it new data (``.data =``, which leaves the version as it was); a fake written
+        only in its (absent) values stays. An inference tensor's fake keeps no version: its
+        shape is compared."""
+        with torch._C.DisableTorchFunction():  # a fake's methods, without its Python dispatch
+            for kept in self.layouts:
+                fake, version, layout = kept
+                if (version is not None and fake._version != version) or \
+                        fake.shape != layout[1]:  # fmt: skip
+                    if layout_of(fake) != layout:
+                        return False
+                    kept[1] = version_of(fake)
         return True
 
     def swap(
@@ -176,6 +194,7 @@ class _Fakes:
             return known[2]
         fake = make(mode, tensor)
         self.fakes[id(tensor)] = (weakref.ref(tensor), _signature(tensor), fake)
+        self.layouts.append([fake, version_of(fake), layout_of(fake)])
         return fake
 
     def input_of(self, tensor: torch.Tensor, make: _Make, mode: FakeTensorMode) -> torch.Tensor:

@@ -17,6 +17,7 @@ from ._errors import UsageError
 __all__ = [
     "call_tensors",
     "is_compiled",
+    "layout_of",
     "make_inputs",
     "parse_device",
     "parse_dtype",
@@ -34,6 +35,12 @@ def version_of(tensor: torch.Tensor) -> int | None:
     """The tensor's version counter, which every in-place write bumps; None for an inference
     tensor (made under ``torch.inference_mode()``), which keeps none."""
     return None if tensor.is_inference() else getattr(tensor, "_version", 0)
+
+
+def layout_of(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """Where a tensor's elements sit in its storage: (offset, shape, strides). An in-place
+    ``unsqueeze_`` changes it and bumps the version; ``.data =`` changes it and does not."""
+    return tensor.storage_offset(), tensor.shape, tensor.stride()
 
 
 def require_module(model: object) -> nn.Module:

@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import (
 )
 
 from ._dry import DryRun, available, is_meta_model
-from ._inputs import realise, version_of
+from ._inputs import layout_of, realise, version_of
 from ._lazy import is_uninitialized
 from ._memory import SavedTensors
 from ._paths import ModelWalk, PathIndex
@@ -113,8 +113,9 @@ class _Restore:
         self.flags = [(m, m.training) for m in modules]
         live = [b for m in modules for b in m._buffers.values()
                 if b is not None and not is_uninitialized(b)] if buffers else []  # fmt: skip
-        #: each buffer, a copy of it and its version, to put back what the forward changed
-        self.buffers = [(b, b.detach().clone(), version_of(b)) for b in live]
+        #: each buffer, a copy of it, its version and its layout, to put back what the forward
+        #: changed
+        self.buffers = [(b, b.detach().clone(), version_of(b), _layout(b)) for b in live]
         self.cpu_rng = torch.get_rng_state()
         cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
         self.cuda_rng = torch.cuda.get_rng_state_all() if cuda_ready else None
@@ -129,22 +130,43 @@ class _Restore:
             if module.training is not training:  # nn.Module's __setattr__ costs ~1 µs
                 module.training = training
         with torch.no_grad():
-            for live, saved, version in self.buffers:
-                # only what the forward changed: copying back bumps the version counter, which
-                # tells every cache keyed on it (a dry run's fake weights) the buffer is new.
-                # A write through ``.data`` leaves the version as it was: compared by value.
-                if not _changed(live, saved, version):
-                    continue
-                if version is None:  # an inference tensor takes writes in inference mode only
-                    with torch.inference_mode():
-                        live.copy_(saved)
-                else:
-                    live.copy_(saved)
+            for live, saved, version, layout in self.buffers:
+                _put_back(live, saved, version, layout)
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
         random.setstate(self.python_rng)
         sys.setrecursionlimit(self.limit)
+
+
+def _layout(tensor: torch.Tensor) -> tuple[Any, ...] | None:
+    """A plain tensor's :func:`layout_of`; None for a subclass (a DTensor: compared by value
+    only)."""
+    return layout_of(tensor) if type(tensor) is torch.Tensor else None
+
+
+def _put_back(
+    live: torch.Tensor, saved: torch.Tensor, version: int | None, layout: tuple[Any, ...] | None
+) -> None:
+    """Write back what the forward changed of one buffer: its layout, then its values. Only
+    what changed: copying back bumps the version counter, which tells every cache keyed on it
+    (a dry run's fake weights) the buffer is new; a write through ``.data`` leaves the version
+    as it was, so values are also compared."""
+    moved = layout is not None and _layout(live) != layout
+    if not moved and not _changed(live, saved, version):
+        return
+    # an inference tensor takes writes in inference mode only
+    with torch.inference_mode() if version is None else nullcontext():
+        if moved:
+            assert layout is not None
+            offset, shape, stride = layout
+            try:  # on the memory it has (other views of it stay views)
+                live.set_(live.untyped_storage(), offset, shape, stride)
+            except RuntimeError:  # ``.data =`` gave it a smaller storage: a copy's, then
+                copy = saved.clone()
+                live.set_(copy.untyped_storage(), copy.storage_offset(), copy.shape,
+                          copy.stride())  # fmt: skip
+        live.copy_(saved)
 
 
 def _changed(live: torch.Tensor, saved: torch.Tensor, version: int | None) -> bool:

@@ -91,6 +91,38 @@ def test_model_built_under_inference_mode_is_explained_and_not_modified(dry_run:
     assert str(failed.failure.exception) == str(raised.value)
 
 
+class _RelaysBuffer(nn.Module):
+    """A forward that changes a buffer's layout in place and never undoes it."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.register_buffer("buf", torch.arange(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x @ self.buf  # fails once the buffer is no longer of 3 elements in a row
+        if self.how == "unsqueeze_":
+            self.buf.unsqueeze_(0)
+        else:  # ``.data =``: a smaller tensor behind the same buffer
+            self.buf.data = torch.zeros(1)
+        return out
+
+
+@pytest.mark.parametrize("how", ["unsqueeze_", ".data ="])
+def test_a_buffer_relaid_in_place_is_put_back_and_no_fake_of_it_is_kept(dry_run: bool, how: str):
+    # the buffer snapshot put values back but not the layout (a real run left buf 1x3), and a
+    # dry run kept the fake the forward had changed (each repeat saw one more leading dim)
+    model = _RelaysBuffer(how)
+    fresh = _RelaysBuffer(how)(torch.randn(2, 3)).shape
+    for _ in range(3):
+        report = shapecheck.explain(model, torch.randn(2, 3), dry_run=dry_run)
+        assert report.ok, report
+        assert report.fallback is None  # a stale fake fails, and a real run would answer
+        assert [info.shape for info in report.outputs] == [fresh]
+        assert model.buf.shape == (3,)
+        assert model.buf.tolist() == [0.0, 1.0, 2.0]
+
+
 # -- paths ----------------------------------------------------------------------------------------
 
 
