@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -174,10 +174,10 @@ class Recorder(TorchFunctionMode):
         # provenance: id(tensor) -> what the trace knows of it (_Entry)
         self._keys: dict[int, _Entry] = {}
         self._next_key = 0
-        # the caller's input tensors, by storage, on a real run; a copy of each one the forward
-        # writes into in place, to put back after the run
-        self._input_storages: dict[int, torch.Tensor] = {}
-        self._saved_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # the caller's input tensors and the model's parameters, by storage, on a real run; a
+        # copy of each one the forward writes into in place, to put back after the run
+        self._guarded: dict[int, torch.Tensor] = {}
+        self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _flops_now(self) -> tuple[int, int] | None:
         counter = self.counter
@@ -311,26 +311,36 @@ class Recorder(TorchFunctionMode):
                     entry = self._entry(arg)
                     if entry[_POSITION] is None:
                         entry[_POSITION] = position
-            for t in tensors_in((args, kwargs)):
-                if not isinstance(t, FakeTensor) and not t.is_meta and t.layout == torch.strided:
-                    self._input_storages.setdefault(_storage_key(t), t)
+        self.guard(tensors_in((args, kwargs)))
         return self.infos((args, kwargs))
 
-    def _guard_input(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Before an in-place write into a caller's input (or a view of one), keep a copy."""
+    def guard(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Keep a copy of any of these real tensors (the caller's inputs, the model's
+        parameters) that the forward is about to write into in place, to put back after it."""
+        dtensor = self.dtensor
+        with _ours():
+            for t in tensors:
+                if isinstance(t, FakeTensor) or is_uninitialized(t) or t.is_meta \
+                        or t.layout != torch.strided:  # fmt: skip
+                    continue
+                if dtensor is None or not isinstance(t, dtensor):  # a DTensor has no storage
+                    self._guarded.setdefault(_storage_key(t), t)
+
+    def _guard_write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Before an in-place write into a guarded tensor (or a view of one), keep a copy."""
         target = kwargs.get("out", args[0] if args else None)
         if not isinstance(target, torch.Tensor):
             return
         with _ours():
             key = _storage_key(target)
-            original = self._input_storages.get(key)
-            if original is not None and key not in self._saved_inputs:
-                self._saved_inputs[key] = (original, original.detach().clone())
+            original = self._guarded.get(key)
+            if original is not None and key not in self._saved:
+                self._saved[key] = (original, original.detach().clone())
 
-    def restore_inputs(self) -> None:
-        """Put back every caller's input that the forward wrote into."""
+    def restore_written(self) -> None:
+        """Put back every guarded tensor that the forward wrote into."""
         with _ours(), torch.no_grad():
-            for original, copy in self._saved_inputs.values():
+            for original, copy in self._saved.values():
                 original.copy_(copy)
 
     def _same_values(self, result: Any, source: Any) -> None:
@@ -527,8 +537,8 @@ class Recorder(TorchFunctionMode):
         """Every torch function call while the mode is on; those from user code are rows."""
         kwargs = kwargs or {}
         name, in_place = _named(func)
-        if self._input_storages and (in_place or _writes_by_keyword(kwargs)):
-            self._guard_input(args, kwargs)
+        if self._guarded and (in_place or _writes_by_keyword(kwargs)):
+            self._guard_write(args, kwargs)
         stack = self.stack
         frame = stack[-1] if stack else None
         if self.quiet or frame is None or not frame.records_functions:

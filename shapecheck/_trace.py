@@ -331,6 +331,8 @@ def _run_once(
             if dry is not None:
                 forward, args, kwargs = stack.enter_context(dry.prepare(walk, args, kwargs))
             model_inputs = recorder.model_inputs(args, kwargs)
+            if dry is None:
+                recorder.guard(walk.parameters())
             for context in (saving, counter):
                 if context is not None:
                     stack.enter_context(context)
@@ -346,7 +348,7 @@ def _run_once(
         error = exc
     finally:
         restore()
-        recorder.restore_inputs()
+        recorder.restore_written()
         walk.ran()
     trace = _finish(model, recorder, model_inputs, output, error, dry_run)
     trace.flops, trace.saved, trace.walk = counter, saving, walk

@@ -123,6 +123,31 @@ def test_a_buffer_relaid_in_place_is_put_back_and_no_fake_of_it_is_kept(dry_run:
         assert model.buf.tolist() == [0.0, 1.0, 2.0]
 
 
+class _WritesWeights(nn.Module):
+    """A forward that writes its own parameters in place (weight clipping, a re-init)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.lin.weight.data.clamp_(max=0.0)
+        with torch.no_grad():
+            nn.init.zeros_(self.lin.bias)
+        return self.lin(x)
+
+
+def test_parameters_written_in_place_by_the_forward_are_put_back(dry_run: bool):
+    model = _WritesWeights()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    report = shapecheck.explain(model, torch.randn(2, 3), dry_run=dry_run)
+    assert report.ok, report
+    assert report.fallback is None
+    assert all(torch.equal(model.state_dict()[name], t) for name, t in before.items())
+    model(torch.randn(2, 3))  # the same forward, run by the user, does write them
+    assert not torch.equal(model.lin.bias, before["lin.bias"])
+
+
 # -- paths ----------------------------------------------------------------------------------------
 
 
