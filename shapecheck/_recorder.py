@@ -315,8 +315,8 @@ class Recorder(TorchFunctionMode):
         return self.infos((args, kwargs))
 
     def guard(self, tensors: Iterable[torch.Tensor]) -> None:
-        """Keep a copy of any of these real tensors (the caller's inputs, the model's
-        parameters) that the forward is about to write into in place, to put back after it."""
+        """Guard these real tensors (the caller's inputs, the model's parameters): a copy of
+        one is kept when the forward first writes into it in place, and put back after it."""
         dtensor = self.dtensor
         with _ours():
             for t in tensors:
