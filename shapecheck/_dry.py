@@ -132,8 +132,9 @@ class _Fakes:
     def __init__(self) -> None:
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
         self.fakes: dict[int, _Kept] = {}
-        #: ``[fake, its version when last checked, its layout when made]`` of each fake
-        self.layouts: list[list[Any]] = []
+        #: tensor id -> ``[its fake, the fake's version when last checked, its layout when
+        #: made]`` (replaced with the fake, as ``fakes`` is)
+        self.layouts: dict[int, list[Any]] = {}
         #: input id -> (the input, its signature, its fake, the fake's signature when made)
         self.inputs: OrderedDict[int, tuple[_Kept, tuple[Any, ...]]] = OrderedDict()
         #: the last :meth:`swap`: (each slot's name and tensor id, the state, the originals)
@@ -155,7 +156,7 @@ class _Fakes:
         only in its (absent) values stays. An inference tensor's fake keeps no version: its
         shape is compared."""
         with torch._C.DisableTorchFunction():  # a fake's methods, without its Python dispatch
-            for kept in self.layouts:
+            for kept in self.layouts.values():
                 fake, version, layout = kept
                 if (version is not None and fake._version != version) or \
                         fake.shape != layout[1]:  # fmt: skip
@@ -194,7 +195,7 @@ class _Fakes:
             return known[2]
         fake = make(mode, tensor)
         self.fakes[id(tensor)] = (weakref.ref(tensor), _signature(tensor), fake)
-        self.layouts.append([fake, version_of(fake), layout_of(fake)])
+        self.layouts[id(tensor)] = [fake, version_of(fake), layout_of(fake)]
         return fake
 
     def input_of(self, tensor: torch.Tensor, make: _Make, mode: FakeTensorMode) -> torch.Tensor:

@@ -379,31 +379,26 @@ class Recorder(TorchFunctionMode):
         return [self._layer(index, row, described) for index, row in enumerate(self.rows)]
 
     def _layer(self, index: int, row: Pending, described: dict[int, str]) -> Layer:
-        module, type_name, path, depth, parent, inputs, outputs, failed, flops, uncounted, source, \
-            call = row  # fmt: skip
+        module, type_name, path, depth, parent, inputs, outputs, failed, flops, uncounted, \
+            source, call = row  # fmt: skip
         record = self._record
-        inputs = tuple([record(s) for s in inputs])
-        outputs = tuple([record(s) for s in outputs])
-        if module is None:
-            return record_of(Layer, {
-                "index": index, "path": path, "kind": "function", "type": type_name, "depth": depth,
-                "inputs": inputs, "outputs": outputs, "params": 0, "trainable": 0,
-                "description": "", "parent": parent, "failed": failed, "source": source,
-                "call": call, "flops": flops, "flops_uncounted": uncounted, "rank_params": None,
-                "rank_param_bytes": None, "param_placements": (),
-            })  # fmt: skip
-        owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
-        params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
-        description = described.get(id(module))
-        if description is None:
-            description = described[id(module)] = describe_module(module)
-        shard = self.shards.get(id(module)) if self.shards else None
+        params = trainable = 0
+        description, shard = "", None
+        if module is not None:
+            owned = self.owned.get(id(module))  # None for a lazy module: count it now, made
+            params, trainable = owned or owned_counts([module]).get(id(module), (0, 0))
+            known = described.get(id(module))
+            if known is None:
+                known = described[id(module)] = describe_module(module)
+            description = known
+            shard = self.shards.get(id(module)) if self.shards else None
         return record_of(Layer, {
-            "index": index, "path": path, "kind": "module", "type": type_name, "depth": depth,
-            "inputs": inputs, "outputs": outputs, "params": params, "trainable": trainable,
-            "description": description, "parent": parent, "failed": failed, "source": None,
-            "call": None, "flops": flops, "flops_uncounted": uncounted,
-            "rank_params": shard.params if shard else None,
+            "index": index, "path": path, "kind": "function" if module is None else "module",
+            "type": type_name, "depth": depth, "inputs": tuple([record(s) for s in inputs]),
+            "outputs": tuple([record(s) for s in outputs]), "params": params,
+            "trainable": trainable, "description": description, "parent": parent,
+            "failed": failed, "source": source, "call": call, "flops": flops,
+            "flops_uncounted": uncounted, "rank_params": shard.params if shard else None,
             "rank_param_bytes": shard.nbytes if shard else None,
             "param_placements": shard.placements if shard else (),
         })  # fmt: skip
@@ -434,15 +429,11 @@ class Recorder(TorchFunctionMode):
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         self.quiet = False
-        stack = self.stack
-        # the module's frame is the top one unless a call inside it raised past its hooks
-        position = len(stack) - 1 if stack and stack[-1].module is module \
-            else self._frame_of(module)  # fmt: skip
-        if position is None:
+        frame = self._returned(module)
+        if frame is None:
             return
-        row = stack[position].row
+        row = frame.row
         assert row is not None  # a module with these hooks has a ModuleFrame
-        self._unwind(position)
         error = sys.exc_info()[1] if output is None else None
         if error is not None:
             self._close(row, (), failed=True)
@@ -453,14 +444,21 @@ class Recorder(TorchFunctionMode):
         sharded = self._sharded_out.pop(row, None) if self._sharded_out else None
         self._close(row, outputs if sharded is None else _with_global(outputs, sharded))
 
-    def _unwind(self, position: int) -> None:
-        """Take the calls from ``position`` up off the stack; the ones above it never returned
-        (a call inside raised past their hooks): their rows stay as they began."""
+    def _returned(self, module: nn.Module) -> Frame | None:
+        """Take ``module``'s call off the stack, and the calls above it, which never returned
+        (a call inside raised past their hooks): their rows stay as they began. Its frame is
+        the top one but for that; None when it is not on the stack."""
         stack = self.stack
+        position = len(stack) - 1 if stack and stack[-1].module is module \
+            else self._frame_of(module)  # fmt: skip
+        if position is None:
+            return None
+        frame = stack[position]
         for inner in stack[position + 1 :]:
             if inner.row is not None:
                 self._close(inner.row, ())
         del stack[position:]
+        return frame
 
     # -- leaf modules of torch itself: one row each, made when the call returns ----------------
     def leaf_pre_hook(
@@ -477,14 +475,11 @@ class Recorder(TorchFunctionMode):
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         """The row of a leaf module's call."""
-        stack = self.stack
-        position = len(stack) - 1 if stack and stack[-1].module is module \
-            else self._frame_of(module)  # fmt: skip
-        if position is None:
+        frame = self._returned(module)
+        if frame is None:
             return
-        frame = stack[position]
         assert type(frame) is LeafFrame  # a module with these hooks has a LeafFrame
-        self._unwind(position)
+        stack = self.stack
         parent = stack[-1] if stack else None
         row = len(self.rows)
         error = sys.exc_info()[1] if output is None else None
@@ -647,7 +642,7 @@ def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -
                     recorder.early_pre_hook, with_kwargs=True, prepend=True))  # fmt: skip
                 handles.append(module.register_forward_hook(
                     recorder.early_post_hook, with_kwargs=True, prepend=True))  # fmt: skip
-            leaf = not sharded and not module._modules and _records_functions(type(module)) is False
+            leaf = not sharded and not module._modules and not _records_functions(type(module))
             pre, post = (recorder.leaf_pre_hook, recorder.leaf_post_hook) if leaf \
                 else (recorder.pre_hook, recorder.post_hook)  # fmt: skip
             handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))

@@ -162,10 +162,9 @@ def _put_back(
             offset, shape, stride = layout
             try:  # on the memory it has (other views of it stay views)
                 live.set_(live.untyped_storage(), offset, shape, stride)
-            except RuntimeError:  # ``.data =`` gave it a smaller storage: a copy's, then
-                copy = saved.clone()
-                live.set_(copy.untyped_storage(), copy.storage_offset(), copy.shape,
-                          copy.stride())  # fmt: skip
+            except RuntimeError:  # ``.data =`` gave it a smaller storage: the copy's, then
+                live.set_(saved.untyped_storage(), saved.storage_offset(), saved.shape,
+                          saved.stride())  # fmt: skip
         live.copy_(saved)
 
 
