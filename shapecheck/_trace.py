@@ -23,8 +23,9 @@ from torch._subclasses.fake_tensor import (
     UnsupportedOperatorException,
 )
 
+from ._buffers import BufferSnapshot
 from ._dry import DryRun, available, is_meta_model
-from ._inputs import layout_of, realise, version_of
+from ._inputs import realise
 from ._lazy import is_uninitialized
 from ._memory import SavedTensors
 from ._paths import ModelWalk, PathIndex
@@ -113,9 +114,7 @@ class _Restore:
         self.flags = [(m, m.training) for m in modules]
         live = [b for m in modules for b in m._buffers.values()
                 if b is not None and not is_uninitialized(b)] if buffers else []  # fmt: skip
-        #: each buffer, a copy of it, its version and its layout, to put back what the forward
-        #: changed
-        self.buffers = [(b, b.detach().clone(), version_of(b), _layout(b)) for b in live]
+        self.buffers = BufferSnapshot(live)
         self.cpu_rng = torch.get_rng_state()
         cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
         self.cuda_rng = torch.cuda.get_rng_state_all() if cuda_ready else None
@@ -129,54 +128,12 @@ class _Restore:
         for module, training in self.flags:
             if module.training is not training:  # nn.Module's __setattr__ costs ~1 µs
                 module.training = training
-        with torch.no_grad():
-            for live, saved, version, layout in self.buffers:
-                _put_back(live, saved, version, layout)
+        self.buffers.put_back()
         torch.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
         random.setstate(self.python_rng)
         sys.setrecursionlimit(self.limit)
-
-
-def _layout(tensor: torch.Tensor) -> tuple[Any, ...] | None:
-    """A plain tensor's :func:`layout_of`; None for a subclass (a DTensor: compared by value
-    only)."""
-    return layout_of(tensor) if type(tensor) is torch.Tensor else None
-
-
-def _put_back(
-    live: torch.Tensor, saved: torch.Tensor, version: int | None, layout: tuple[Any, ...] | None
-) -> None:
-    """Write back what the forward changed of one buffer: its layout, then its values. Only
-    what changed: copying back bumps the version counter, which tells every cache keyed on it
-    (a dry run's fake weights) the buffer is new; a write through ``.data`` leaves the version
-    as it was, so values are also compared."""
-    moved = layout is not None and _layout(live) != layout
-    if not moved and not _changed(live, saved, version):
-        return
-    # an inference tensor takes writes in inference mode only
-    with torch.inference_mode() if version is None else nullcontext():
-        if moved:
-            assert layout is not None
-            offset, shape, stride = layout
-            try:  # on the memory it has (other views of it stay views)
-                live.set_(live.untyped_storage(), offset, shape, stride)
-            except RuntimeError:  # ``.data =`` gave it a smaller storage: the copy's, then
-                live.set_(saved.untyped_storage(), saved.storage_offset(), saved.shape,
-                          saved.stride())  # fmt: skip
-        live.copy_(saved)
-
-
-def _changed(live: torch.Tensor, saved: torch.Tensor, version: int | None) -> bool:
-    """True unless ``live`` still holds what ``saved`` copied, at the same version (an
-    inference tensor has none: compared by value)."""
-    if version_of(live) != version or type(live) is not torch.Tensor:  # a DTensor: always
-        return True
-    try:
-        return not torch.equal(live, saved)
-    except RuntimeError:  # a layout equal() does not take
-        return True
 
 
 @gc_paused()  # the whole trace, set-up and records included

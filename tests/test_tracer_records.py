@@ -178,6 +178,65 @@ def test_buffers_are_put_back_and_untouched_ones_are_not_written() -> None:
         assert b._version == before[name][1]
 
 
+class _ManyBuffers(nn.Module):
+    """Buffers of four dtypes, a NaN and a -0.0 among them; the forward writes one of them in
+    one of the ways a forward can (or none)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        for i in range(4):
+            self.register_buffer(f"f{i}", torch.arange(3.0) + i)
+        self.register_buffer("odd", torch.tensor([float("nan"), -0.0]))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("counts", torch.tensor([1, 2]))
+        self.register_buffer("halves", torch.ones(2, dtype=torch.float16))
+        self.register_buffer("flags", torch.tensor([True, False]))
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        how = self.how
+        if how == "add_":
+            self.f1.add_(1)
+        elif how == ".data.mul_":  # no version bump: found by value
+            self.f2.data.mul_(2)
+        elif how == ".data = smaller":
+            self.f3.data = torch.zeros(2)
+        elif how == ".data = other dtype":  # same bits would pass a value compare
+            self.f0.data = self.f0.data.half()
+        elif how == "unsqueeze_":
+            self.f0.unsqueeze_(0)
+        elif how == "zero sign":  # -0.0 == 0.0 for torch.equal, not bit for bit
+            self.odd.data[1] = 0.0
+        elif how == "+= on int":
+            self.steps += 1
+        elif how == "fill_ on bool":
+            self.flags.fill_(True)
+        return x * 2
+
+
+#: how the forward writes -> the buffer it writes
+_WRITES = {"none": None, "add_": "f1", ".data.mul_": "f2", ".data = smaller": "f3",
+           ".data = other dtype": "f0", "unsqueeze_": "f0", "zero sign": "odd",
+           "+= on int": "steps", "fill_ on bool": "flags"}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", list(_WRITES))
+def test_every_buffer_is_put_back_bit_for_bit_and_only_a_written_one_is_written(how: str) -> None:
+    model = _ManyBuffers(how)
+    before = {name: (b.clone(), b.stride(), b._version) for name, b in model.named_buffers()}
+    report = shapecheck.explain(model, torch.randn(2, 3))
+    assert report.ok
+    for name, b in model.named_buffers():
+        saved, stride, _ = before[name]
+        assert (b.dtype, b.shape, b.stride()) == (saved.dtype, saved.shape, stride), name
+        bits = b.reshape(-1).view(torch.uint8), saved.reshape(-1).view(torch.uint8)
+        assert torch.equal(*bits), name  # bit for bit
+    # the others, the NaN and the -0.0 among them, are not written back
+    written = {name for name, b in model.named_buffers() if b._version != before[name][2]}
+    target = _WRITES[how]
+    assert written <= ({target} if target else set())
+
+
 def test_a_failing_dry_run_logs_nothing(capfd: pytest.CaptureFixture[str]) -> None:
     """Fake mode logs every meta kernel that raises (with a traceback, on stderr); a dry run
     of a broken model reports the failure instead, and leaves the logger as it found it."""
