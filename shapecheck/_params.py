@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ._lazy import is_uninitialized
@@ -24,19 +25,21 @@ class ParamTotals:
 def param_totals(model: nn.Module | ModelWalk) -> ParamTotals:
     """Unique parameters (``model.parameters()`` de-duplicates shared tensors) and buffers."""
     total = trainable = 0
-    by_dtype: dict[str, int] = {}
+    by_dtype: dict[torch.dtype, int] = {}
     for p in model.parameters():
         if is_uninitialized(p):
             continue
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-        name = str(p.dtype).removeprefix("torch.")
-        by_dtype[name] = by_dtype.get(name, 0) + p.numel() * p.element_size()
-    buffers = [b for b in model.buffers() if not is_uninitialized(b)]
-    return ParamTotals(
-        total, trainable, by_dtype,
-        sum(b.numel() for b in buffers), sum(b.numel() * b.element_size() for b in buffers),
-    )  # fmt: skip
+        n = p.numel()
+        total += n
+        trainable += n if p.requires_grad else 0
+        by_dtype[p.dtype] = by_dtype.get(p.dtype, 0) + n * p.element_size()
+    count = nbytes = 0
+    for b in model.buffers():
+        if not is_uninitialized(b):
+            n = b.numel()
+            count, nbytes = count + n, nbytes + n * b.element_size()
+    names = {str(dtype).removeprefix("torch."): size for dtype, size in by_dtype.items()}
+    return ParamTotals(total, trainable, names, count, nbytes)
 
 
 def tied_params(model: nn.Module | ModelWalk) -> tuple[tuple[str, str, int], ...]:

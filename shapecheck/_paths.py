@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Frame", "LeafFrame", "ModelWalk", "ModuleFrame", "PathIndex", "walk_of"]
+__all__ = ["ModelWalk", "ModuleFrame", "PathIndex", "walk_of"]
 
 
 class ModelWalk:
@@ -87,26 +87,6 @@ class ModuleFrame:
     child_calls: dict[int, int] = field(default_factory=dict)
 
 
-class LeafFrame:
-    """A running call of a leaf module from torch itself (``nn.Conv2d``: no children, and no
-    rows inside it): what its row needs from when it began (the FLOP counter's totals, if
-    counting, and what was seen of its inputs). Its row is made when it returns."""
-
-    __slots__ = ("inputs", "module", "start")
-    records_functions = False
-    row = None
-    path = ""
-
-    def __init__(
-        self, module: nn.Module, start: tuple[int, int] | None, inputs: tuple[Any, ...]
-    ) -> None:
-        self.module, self.start, self.inputs = module, start, inputs
-
-
-#: One call on the stack of running module calls.
-Frame = ModuleFrame | LeafFrame
-
-
 class PathIndex:
     """Paths of every module under a root, precomputed once per trace."""
 
@@ -129,9 +109,9 @@ class PathIndex:
         #: how deeply modules nest (1 for a model without children)
         self.depth = 1 + max((p.count(".") + 1 for p in self.canonical.values() if p), default=0)
 
-    def path_of(self, module: nn.Module, parent: Frame | None) -> str:
+    def path_of(self, module: nn.Module, parent: ModuleFrame | None) -> str:
         """The path of this call of ``module`` made while ``parent`` is running."""
-        if type(parent) is ModuleFrame:  # a leaf has no children
+        if parent is not None:
             names = self.children.get(id(parent.module), {}).get(id(module))
             if names:
                 nth = parent.child_calls.get(id(module), 0)

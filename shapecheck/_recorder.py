@@ -7,6 +7,7 @@ tracer can name the innermost one. Per call the work is O(1) in the size of the 
 
 from __future__ import annotations
 
+import bisect
 import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from ._describe import call_arguments, describe_module
 from ._inputs import PLAIN_TENSORS, call_tensors, tensors_in
 from ._lazy import is_uninitialized
-from ._paths import Frame, LeafFrame, ModuleFrame, PathIndex
+from ._paths import ModuleFrame, PathIndex
 from ._records import Layer, Shape, TensorInfo, record_of
 from ._sharding import ModuleShard, dtensor_type, sharded_view
 from ._source import caller_source
@@ -166,7 +167,11 @@ class Recorder(TorchFunctionMode):
         #: module rows whose call has not returned, with the FLOP counter's totals when it began
         self._open: dict[int, tuple[int, int] | None] = {}
         self.module_at: dict[int, nn.Module] = {}
-        self.stack: list[Frame] = []
+        self.stack: list[ModuleFrame] = []
+        #: leaf modules of torch's own whose call is running (no call inside one is a row):
+        #: module -> its arguments, or the FLOP counter's totals when it began if counting.
+        #: Its ``__setitem__`` is their pre-hook: a C-level call, no Python frame.
+        self.leaves: dict[nn.Module, Any] = {}
         self.events: list[tuple[BaseException, int]] = []
         self.value_ranges: dict[int, tuple[int, int]] = {}  # row -> ids it failed on
         self.read: set[int] = set()  # ids of the tensors functional calls were given
@@ -178,6 +183,15 @@ class Recorder(TorchFunctionMode):
         # copy of each one the forward writes into in place, to put back after the run
         self._guarded: dict[int, torch.Tensor] = {}
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        #: the memory of the guarded storages, sorted: where each begins (``_starts``), and
+        #: (its end, its key) at the same place; an in-place write looks its target up here
+        #: by address, without making a storage object for it (the write into an activation,
+        #: ``ReLU(inplace=True)``, is the common case)
+        self._starts: list[int] = []
+        self._spans: list[tuple[int, int, int]] = []
+        #: each guarded tensor, another tensor on its memory as it was, and where that memory
+        #: was: ``.data =`` gives a tensor other memory without a write the mode could see
+        self._given: list[tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]] = []
 
     def _flops_now(self) -> tuple[int, int] | None:
         counter = self.counter
@@ -324,7 +338,14 @@ class Recorder(TorchFunctionMode):
                         or t.layout != torch.strided:  # fmt: skip
                     continue
                 if dtensor is None or not isinstance(t, dtensor):  # a DTensor has no storage
-                    self._guarded.setdefault(_storage_key(t), t)
+                    self._given.append((t, t.detach(), _memory_of(t)))
+                    storage = t.untyped_storage()
+                    if storage.nbytes() and int(storage._cdata) not in self._guarded:
+                        self._guarded[int(storage._cdata)] = t
+                        start = storage.data_ptr()
+                        self._spans.append((start, start + storage.nbytes(), int(storage._cdata)))
+        self._spans.sort()
+        self._starts = [start for start, _, _ in self._spans]
 
     def _guard_write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Before an in-place write into a guarded tensor (or a view of one), keep a copy."""
@@ -332,14 +353,26 @@ class Recorder(TorchFunctionMode):
         if not isinstance(target, torch.Tensor):
             return
         with _ours():
-            key = _storage_key(target)
-            original = self._guarded.get(key)
-            if original is not None and key not in self._saved:
+            try:
+                address = target.data_ptr()
+            except RuntimeError:  # no storage (a sparse tensor): nothing guarded in it
+                return
+        at = bisect.bisect_right(self._starts, address) - 1
+        if at < 0 or address >= self._spans[at][1]:
+            return
+        key = self._spans[at][2]
+        if key not in self._saved:
+            original = self._guarded[key]
+            with _ours():
                 self._saved[key] = (original, original.detach().clone())
 
     def restore_written(self) -> None:
-        """Put back every guarded tensor that the forward wrote into."""
+        """Put back every guarded tensor that the forward gave other memory (``.data =``) or
+        wrote into."""
         with _ours(), torch.no_grad():
+            for tensor, alias, memory in self._given:
+                if _memory_of(tensor) != memory:
+                    tensor.data = alias
             for original, copy in self._saved.values():
                 original.copy_(copy)
 
@@ -433,7 +466,6 @@ class Recorder(TorchFunctionMode):
         if frame is None:
             return
         row = frame.row
-        assert row is not None  # a module with these hooks has a ModuleFrame
         error = sys.exc_info()[1] if output is None else None
         if error is not None:
             self._close(row, (), failed=True)
@@ -444,7 +476,7 @@ class Recorder(TorchFunctionMode):
         sharded = self._sharded_out.pop(row, None) if self._sharded_out else None
         self._close(row, outputs if sharded is None else _with_global(outputs, sharded))
 
-    def _returned(self, module: nn.Module) -> Frame | None:
+    def _returned(self, module: nn.Module) -> ModuleFrame | None:
         """Take ``module``'s call off the stack, and the calls above it, which never returned
         (a call inside raised past their hooks): their rows stay as they began. Its frame is
         the top one but for that; None when it is not on the stack."""
@@ -455,38 +487,35 @@ class Recorder(TorchFunctionMode):
             return None
         frame = stack[position]
         for inner in stack[position + 1 :]:
-            if inner.row is not None:
-                self._close(inner.row, ())
+            self._close(inner.row, ())
         del stack[position:]
         return frame
 
     # -- leaf modules of torch itself: one row each, made when the call returns ----------------
-    def leaf_pre_hook(
-        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        """Marks the call as running (calls made inside it are not rows) and reads its inputs;
-        its row waits for the call to return (no call inside it can be a row, so the row's
-        index stays in order)."""
-        with _ours():
-            inputs = self.seen(call_tensors(args, kwargs))
-        self.stack.append(LeafFrame(module, self._flops_now(), inputs))
+    def leaf_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        """Marks the call as running, with the FLOP counter's totals (when not counting, the
+        pre-hook is ``leaves.__setitem__`` itself)."""
+        self.leaves[module] = self._flops_now()
 
     def leaf_post_hook(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        """The row of a leaf module's call."""
-        frame = self._returned(module)
-        if frame is None:
+        """The row of a leaf module's call: no call inside it was a row, so its index is in
+        call order, and its inputs are read now (no module of torch's own changes what its
+        arguments are: their shape, dtype and device are as they were when it began)."""
+        start = self.leaves.pop(module, _NOT_RUNNING)
+        if start is _NOT_RUNNING:
             return
-        assert type(frame) is LeafFrame  # a module with these hooks has a LeafFrame
         stack = self.stack
         parent = stack[-1] if stack else None
         row = len(self.rows)
         error = sys.exc_info()[1] if output is None else None
+        with _ours():
+            inputs = self.seen(call_tensors(args, kwargs))
         outputs = self.seen_in(output, made_by=row) if error is None else ()
-        flops, uncounted = self._flops_since(frame.start)
+        flops, uncounted = self._flops_since(start)
         self.rows.append([module, type(module).__name__, self.paths.path_of(module, parent),
-                          len(stack), parent.row if parent else None, frame.inputs, outputs,
+                          len(stack), parent.row if parent else None, inputs, outputs,
                           error is not None, flops, uncounted, None, None])  # fmt: skip
         self.module_at[row] = module
         if error is not None:
@@ -535,9 +564,9 @@ class Recorder(TorchFunctionMode):
         if self._guarded and (in_place or _writes_by_keyword(kwargs)):
             self._guard_write(args, kwargs)
         stack = self.stack
-        frame = stack[-1] if stack else None
-        if self.quiet or frame is None or not frame.records_functions:
+        if self.leaves or self.quiet or not stack or not stack[-1].records_functions:
             return func(*args, **kwargs)
+        frame = stack[-1]
         if name in _BOOKKEEPING:
             result = func(*args, **kwargs)
             if name in _SAME_VALUES and args:
@@ -575,6 +604,14 @@ class Recorder(TorchFunctionMode):
                 row[_FLOPS], row[_UNCOUNTED] = self._flops_since(start)
             self.rows.append(row)
         return result
+
+
+_NOT_RUNNING = object()
+
+
+def _memory_of(tensor: torch.Tensor) -> tuple[Any, ...]:
+    """Where a tensor's elements are and how they are read: address, dtype, shape, strides."""
+    return tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride()
 
 
 def _records_functions(cls: type) -> bool:
@@ -633,6 +670,9 @@ def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -
     that calls it). On a sharded model also ``early_*`` hooks that run before the
     ParallelStyle and FSDP hooks (registered first, they would run after)."""
     handles = []
+    # the FLOP counter's totals when a leaf's call begins, when counting; else only a mark
+    leaf_pre = recorder.leaf_pre_hook if recorder.counter is not None \
+        else recorder.leaves.__setitem__  # fmt: skip
     try:
         for module in modules:
             if isinstance(module, torch.jit.ScriptModule):
@@ -642,20 +682,18 @@ def hooks(modules: list[nn.Module], recorder: Recorder, sharded: bool = False) -
                     recorder.early_pre_hook, with_kwargs=True, prepend=True))  # fmt: skip
                 handles.append(module.register_forward_hook(
                     recorder.early_post_hook, with_kwargs=True, prepend=True))  # fmt: skip
-            leaf = not sharded and not module._modules and not _records_functions(type(module))
-            pre, post = (recorder.leaf_pre_hook, recorder.leaf_post_hook) if leaf \
-                else (recorder.pre_hook, recorder.post_hook)  # fmt: skip
-            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            if not sharded and not module._modules and not _records_functions(type(module)):
+                handles.append(module.register_forward_pre_hook(leaf_pre))
+                post = recorder.leaf_post_hook
+            else:
+                handles.append(module.register_forward_pre_hook(recorder.pre_hook,
+                                                                with_kwargs=True))  # fmt: skip
+                post = recorder.post_hook
             handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
         yield
     finally:
         for handle in handles:
             handle.remove()
-
-
-def _storage_key(tensor: torch.Tensor) -> int:
-    """The address of the memory behind ``tensor``: shared by every view of it."""
-    return int(tensor.untyped_storage()._cdata)
 
 
 def owned_counts(modules: list[nn.Module]) -> dict[int, tuple[int, int]]:

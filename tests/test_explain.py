@@ -128,24 +128,29 @@ class _WritesWeights(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.lin = nn.Linear(3, 3)
+        self.lin, self.out = nn.Linear(3, 3), nn.Linear(3, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.lin.weight.data.clamp_(max=0.0)
         with torch.no_grad():
             nn.init.zeros_(self.lin.bias)
-        return self.lin(x)
+            self.out.weight[2, 1:].fill_(7.0)  # a view inside the storage, not at its start
+        self.out.bias.data = torch.full((3,), 9.0)  # other memory: no write to see
+        return self.out(self.lin(x))
 
 
 def test_parameters_written_in_place_by_the_forward_are_put_back(dry_run: bool):
     model = _WritesWeights()
     before = {name: t.clone() for name, t in model.state_dict().items()}
+    memory = {name: t.data_ptr() for name, t in model.named_parameters()}
     report = shapecheck.explain(model, torch.randn(2, 3), dry_run=dry_run)
     assert report.ok, report
     assert report.fallback is None
     assert all(torch.equal(model.state_dict()[name], t) for name, t in before.items())
+    assert {name: t.data_ptr() for name, t in model.named_parameters()} == memory
     model(torch.randn(2, 3))  # the same forward, run by the user, does write them
     assert not torch.equal(model.lin.bias, before["lin.bias"])
+    assert not torch.equal(model.out.weight, before["out.weight"])
 
 
 # -- paths ----------------------------------------------------------------------------------------
