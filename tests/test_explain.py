@@ -153,6 +153,28 @@ def test_parameters_written_in_place_by_the_forward_are_put_back(dry_run: bool):
     assert not torch.equal(model.out.weight, before["out.weight"])
 
 
+class _WritesSparse(nn.Module):
+    """A forward that writes a sparse tensor in place: it has no storage to guard."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.eye(3).to_sparse()
+        scale.mul_(2.0)
+        return self.lin(x) + torch.sparse.mm(scale, x.T).T
+
+
+def test_an_in_place_write_into_a_sparse_tensor_runs_as_in_torch():
+    # looking up the storage the write goes to raised into the forward (sparse tensors have
+    # none), so a model that runs was reported as failing
+    model, x = _WritesSparse(), torch.randn(2, 3)
+    report = shapecheck.explain(model, x)
+    assert report.ok, report.failure
+    assert [info.shape for info in report.outputs] == [tuple(model(x).shape)]
+
+
 # -- paths ----------------------------------------------------------------------------------------
 
 
