@@ -31,6 +31,8 @@ class BufferSnapshot:
         #: per dtype and device: the positions of its buffers and one flat copy of them all
         #: (a buffer alone: a copy of its own)
         self.groups: list[tuple[list[int], torch.Tensor]] = []
+        if not buffers:
+            return
         with torch.no_grad():
             for positions in _groups(buffers, self.versions).values():
                 members = [buffers[i] for i in positions]
@@ -41,6 +43,8 @@ class BufferSnapshot:
     def put_back(self) -> None:
         """Write back what changed since the snapshot: layouts, then values; buffers the
         forward left alone are not written (their version counters stay as they were)."""
+        if not self.groups:
+            return
         with torch.no_grad():
             for positions, flat in self.groups:
                 if len(positions) > 1 and self._same(positions, flat):

@@ -12,6 +12,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from types import GetSetDescriptorType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -100,7 +101,7 @@ def _named(func: Callable[..., Any]) -> tuple[str, bool]:
 
 def _in_place_name(name: str) -> bool:
     trailing = name.endswith("_") and not name.endswith("__") and not name.startswith("_")
-    return trailing or name in _IN_PLACE_OPERATORS
+    return trailing or name in _IN_PLACE_OPERATORS or name == "__set__"  # ``t.data = other``
 
 
 def function_name(func: Callable[..., Any]) -> str:
@@ -189,9 +190,10 @@ class Recorder(TorchFunctionMode):
         #: ``ReLU(inplace=True)``, is the common case)
         self._starts: list[int] = []
         self._spans: list[tuple[int, int, int]] = []
-        #: each guarded tensor, another tensor on its memory as it was, and where that memory
-        #: was: ``.data =`` gives a tensor other memory without a write the mode could see
-        self._given: list[tuple[torch.Tensor, torch.Tensor, tuple[Any, ...]]] = []
+        #: ids of the guarded tensors; each one the forward gave other memory (``.data =``)
+        #: with another tensor on the memory it had
+        self._ids: set[int] = set()
+        self._moved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def _flops_now(self) -> tuple[int, int] | None:
         counter = self.counter
@@ -331,26 +333,39 @@ class Recorder(TorchFunctionMode):
     def guard(self, tensors: Iterable[torch.Tensor]) -> None:
         """Guard these real tensors (the caller's inputs, the model's parameters): a copy of
         one is kept when the forward first writes into it in place, and put back after it."""
-        dtensor = self.dtensor
+        dtensor, guarded, spans = self.dtensor, self._guarded, self._spans
         with _ours():
             for t in tensors:
-                if isinstance(t, FakeTensor) or is_uninitialized(t) or t.is_meta \
-                        or t.layout != torch.strided:  # fmt: skip
+                if isinstance(t, FakeTensor) or t.is_meta or t.layout != torch.strided \
+                        or is_uninitialized(t):  # fmt: skip
                     continue
-                if dtensor is None or not isinstance(t, dtensor):  # a DTensor has no storage
-                    self._given.append((t, t.detach(), _memory_of(t)))
-                    storage = t.untyped_storage()
-                    if storage.nbytes() and int(storage._cdata) not in self._guarded:
-                        self._guarded[int(storage._cdata)] = t
-                        start = storage.data_ptr()
-                        self._spans.append((start, start + storage.nbytes(), int(storage._cdata)))
-        self._spans.sort()
-        self._starts = [start for start, _, _ in self._spans]
+                if dtensor is not None and isinstance(t, dtensor):  # a DTensor has no storage
+                    continue
+                self._ids.add(id(t))
+                storage = t.untyped_storage()
+                key, nbytes = int(storage._cdata), storage.nbytes()
+                if nbytes and key not in guarded:
+                    guarded[key] = t
+                    start = storage.data_ptr()
+                    spans.append((start, start + nbytes, key))
+        spans.sort()
+        self._starts = [start for start, _, _ in spans]
 
-    def _guard_write(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Before an in-place write into a guarded tensor (or a view of one), keep a copy."""
+    def _guard_write(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Before an in-place write into a guarded tensor (or a view of one), keep a copy;
+        before ``.data =`` on one, another tensor on the memory it has."""
         target = kwargs.get("out", args[0] if args else None)
         if not isinstance(target, torch.Tensor):
+            return
+        setter = getattr(func, "__self__", None)
+        if setter is _DATA:
+            if id(target) in self._ids:
+                with _ours():
+                    self._moved.append((target, target.detach()))
+            return
+        if isinstance(setter, GetSetDescriptorType):  # another property set: no write
             return
         with _ours():
             try:
@@ -367,12 +382,13 @@ class Recorder(TorchFunctionMode):
                 self._saved[key] = (original, original.detach().clone())
 
     def restore_written(self) -> None:
-        """Put back every guarded tensor that the forward gave other memory (``.data =``) or
+        """Put back every guarded tensor the forward gave other memory, then every one it
         wrote into."""
+        if not (self._moved or self._saved):
+            return
         with _ours(), torch.no_grad():
-            for tensor, alias, memory in self._given:
-                if _memory_of(tensor) != memory:
-                    tensor.data = alias
+            for tensor, alias in reversed(self._moved):  # the first memory it had, last
+                tensor.data = alias
             for original, copy in self._saved.values():
                 original.copy_(copy)
 
@@ -562,7 +578,7 @@ class Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         name, in_place = _named(func)
         if self._guarded and (in_place or _writes_by_keyword(kwargs)):
-            self._guard_write(args, kwargs)
+            self._guard_write(func, args, kwargs)
         stack = self.stack
         if self.leaves or self.quiet or not stack or not stack[-1].records_functions:
             return func(*args, **kwargs)
@@ -609,9 +625,9 @@ class Recorder(TorchFunctionMode):
 _NOT_RUNNING = object()
 
 
-def _memory_of(tensor: torch.Tensor) -> tuple[Any, ...]:
-    """Where a tensor's elements are and how they are read: address, dtype, shape, strides."""
-    return tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride()
+#: the ``data`` property of tensors: the function mode sees ``tensor.data = other`` as a call
+#: of its setter (``__self__`` is the property)
+_DATA = torch.Tensor.data
 
 
 def _records_functions(cls: type) -> bool:

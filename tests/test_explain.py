@@ -153,6 +153,21 @@ def test_parameters_written_in_place_by_the_forward_are_put_back(dry_run: bool):
     assert not torch.equal(model.out.weight, before["out.weight"])
 
 
+class _ReplacesInput(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.data = x.data[:1] * 0  # the caller's tensor given other memory
+        return x * 2
+
+
+def test_an_input_given_other_memory_by_the_forward_is_put_back(dry_run: bool):
+    x = torch.randn(2, 3)
+    before = x.clone()
+    report = shapecheck.explain(_ReplacesInput(), x, dry_run=dry_run)
+    assert report.ok, report.failure
+    assert x.shape == before.shape
+    assert torch.equal(x, before)
+
+
 class _WritesSparse(nn.Module):
     """A forward that writes a sparse tensor in place: it has no storage to guard."""
 
