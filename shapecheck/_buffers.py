@@ -1,8 +1,8 @@
 """A model's buffers as they were before a forward, and putting back what the forward changed.
 
 Plain dense buffers are copied into one flat tensor per dtype and device, and compared with it
-in one op after the forward: one by one, ResNet-50's 159 buffers took 1.5 ms of copies and
-comparisons, their Python running cold between the model's kernels. Only buffers that
+in one op after the forward: one by one, ResNet-50's 159 buffers took 1.4 ms of copies and
+comparisons (0.86 ms so), their Python running cold after the model's kernels. Only buffers that
 changed are written back.
 """
 
@@ -98,10 +98,10 @@ def _layout(tensor: torch.Tensor) -> tuple[Any, ...] | None:
 def _put_back(
     live: torch.Tensor, saved: torch.Tensor, version: int | None, layout: tuple[Any, ...] | None
 ) -> None:
-    """Write back what the forward changed of one buffer: its layout, then its values. Only
-    what changed: copying back bumps the version counter, which tells every cache keyed on it
-    (a dry run's fake weights) the buffer is new; a write through ``.data`` leaves the version
-    as it was, so values are also compared."""
+    """Write back what the forward changed of one buffer: its dtype and device or its layout,
+    then its values. Only what changed: copying back bumps the version counter, which tells
+    every cache keyed on it (a dry run's fake weights) the buffer is new; a write through
+    ``.data`` leaves the version as it was, so values are also compared."""
     kind = live.dtype != saved.dtype or live.device != saved.device
     moved = kind or (layout is not None and _layout(live) != layout)
     if not moved and not _changed(live, saved, version):

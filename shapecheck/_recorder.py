@@ -101,7 +101,7 @@ def _named(func: Callable[..., Any]) -> tuple[str, bool]:
 
 def _in_place_name(name: str) -> bool:
     trailing = name.endswith("_") and not name.endswith("__") and not name.startswith("_")
-    return trailing or name in _IN_PLACE_OPERATORS or name == "__set__"  # ``t.data = other``
+    return trailing or name in _IN_PLACE_OPERATORS or name == "__set__"  # a property set
 
 
 def function_name(func: Callable[..., Any]) -> str:
