@@ -184,11 +184,10 @@ class Recorder(TorchFunctionMode):
         # copy of each one the forward writes into in place, to put back after the run
         self._guarded: dict[int, torch.Tensor] = {}
         self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        #: the memory of the guarded storages, sorted: where each begins (``_starts``), and
-        #: (its end, its key) at the same place; an in-place write looks its target up here
-        #: by address, without making a storage object for it (the write into an activation,
-        #: ``ReLU(inplace=True)``, is the common case)
-        self._starts: list[int] = []
+        #: the memory of the guarded storages, sorted: (where it begins, where it ends, its
+        #: key); an in-place write looks its target up here by address, without making a
+        #: storage object for it (the write into an activation, ``ReLU(inplace=True)``, is
+        #: the common case)
         self._spans: list[tuple[int, int, int]] = []
         #: ids of the guarded tensors; each one the forward gave other memory (``.data =``)
         #: with another tensor on the memory it had
@@ -349,7 +348,6 @@ class Recorder(TorchFunctionMode):
                     start = storage.data_ptr()
                     spans.append((start, start + nbytes, key))
         spans.sort()
-        self._starts = [start for start, _, _ in spans]
 
     def _guard_write(
         self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -372,7 +370,8 @@ class Recorder(TorchFunctionMode):
                 address = target.data_ptr()
             except RuntimeError:  # no storage (a sparse tensor): nothing guarded in it
                 return
-        at = bisect.bisect_right(self._starts, address) - 1
+        # the last span that begins at or before the address (no end reaches _PAST)
+        at = bisect.bisect_right(self._spans, (address, _PAST)) - 1
         if at < 0 or address >= self._spans[at][1]:
             return
         key = self._spans[at][2]
@@ -555,9 +554,8 @@ class Recorder(TorchFunctionMode):
         if output is None:
             return
         position = self._frame_of(module)
-        row = None if position is None else self.stack[position].row
-        if row is not None:  # (a sharded model's modules all have the full hooks)
-            self._sharded_out[row] = self.seen_in(output)
+        if position is not None:
+            self._sharded_out[self.stack[position].row] = self.seen_in(output)
             self.quiet = True
 
     def _frame_of(self, module: nn.Module) -> int | None:
@@ -623,6 +621,7 @@ class Recorder(TorchFunctionMode):
 
 
 _NOT_RUNNING = object()
+_PAST = float("inf")
 
 
 #: the ``data`` property of tensors: the function mode sees ``tensor.data = other`` as a call
